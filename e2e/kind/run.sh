@@ -55,8 +55,10 @@ done
 [[ "$cluster" =~ ^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$ ]] \
   || { echo "bad --cluster '$cluster': lowercase letters, digits, '-'" >&2; exit 2; }
 for port in "$gateway_port" "$admin_port"; do
-  [[ "$port" =~ ^[0-9]+$ ]] && ((port >= 1024 && port <= 65535)) \
-    || { echo "bad port '$port': want 1024-65535" >&2; exit 2; }
+  if ! [[ "$port" =~ ^[0-9]+$ ]] || ((port < 1024 || port > 65535)); then
+    echo "bad port '$port': want 1024-65535" >&2
+    exit 2
+  fi
 done
 [[ "$gateway_port" != "$admin_port" ]] || { echo "--gateway-port and --admin-port must differ" >&2; exit 2; }
 
@@ -114,17 +116,19 @@ printf '{"clients":{"internal":"%s","web":"%s","mobile":"%s"},"admin_token":"%s"
   "${token[internal]}" "${token[web]}" "${token[mobile]}" "$admin_token" >"$work/credentials.json"
 
 kubectl create namespace "$ns" --dry-run=client -o yaml >"$work/namespace.yaml"
-kubectl create secret generic idsvc-keys -n "$ns" --from-file="$work/keys" \
-  --dry-run=client -o yaml >"$work/secrets.yaml"
-echo "---" >>"$work/secrets.yaml"
-kubectl create secret generic idsvc-credentials -n "$ns" \
-  --from-literal=db-username=idbase \
-  --from-literal=db-password="$(random_hex)" \
-  --from-literal=admin-token-sha256="$(sha256_hex "$admin_token")" \
-  --dry-run=client -o yaml >>"$work/secrets.yaml"
-echo "---" >>"$work/secrets.yaml"
-kubectl create secret generic gateway-clients -n "$ns" --from-file=clients.toml="$work/clients.toml" \
-  --dry-run=client -o yaml >>"$work/secrets.yaml"
+{
+  kubectl create secret generic idsvc-keys -n "$ns" --from-file="$work/keys" \
+    --dry-run=client -o yaml
+  echo "---"
+  kubectl create secret generic idsvc-credentials -n "$ns" \
+    --from-literal=db-username=idbase \
+    --from-literal=db-password="$(random_hex)" \
+    --from-literal=admin-token-sha256="$(sha256_hex "$admin_token")" \
+    --dry-run=client -o yaml
+  echo "---"
+  kubectl create secret generic gateway-clients -n "$ns" --from-file=clients.toml="$work/clients.toml" \
+    --dry-run=client -o yaml
+} >"$work/secrets.yaml"
 umask 022
 
 echo "rendered $work/manifests.yaml and $work/secrets.yaml (credentials: $work/credentials.json)" >&2
