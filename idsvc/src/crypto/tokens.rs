@@ -1,0 +1,123 @@
+//! Access tokens (EdDSA-signed JWTs) and refresh tokens (random, stored hashed).
+
+use super::keys::KeyRing;
+use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const ISSUER: &str = "idbase";
+pub const AUDIENCE: &str = "idbase";
+
+/// The claims of an access token. `sid` names the session (refresh-token
+/// family), so a revoked session's access tokens stop working on `me` at once.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: String,
+    pub sid: String,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+/// A public verification key, as published in the JWKS.
+#[derive(Clone, Debug)]
+pub struct PublicKey {
+    pub kid: String,
+    /// Raw Ed25519 public key, base64url without padding.
+    pub x: String,
+}
+
+pub struct TokenSigner {
+    kid: String,
+    key: EncodingKey,
+    public: Vec<PublicKey>,
+}
+
+impl TokenSigner {
+    pub fn new(keys: &KeyRing) -> anyhow::Result<Self> {
+        let mut public = Vec::new();
+        let mut newest = None;
+        for (kid, seed) in &keys.signing {
+            let signing = SigningKey::from_bytes(seed);
+            public.push(PublicKey {
+                kid: kid.clone(),
+                x: URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes()),
+            });
+            newest = Some((kid.clone(), signing));
+        }
+        let (kid, signing) = newest.context("no signing key")?;
+        let der = signing.to_pkcs8_der().map_err(|e| anyhow::anyhow!("encoding signing key: {e}"))?;
+        let key = EncodingKey::from_ed_der(der.as_bytes());
+        Ok(Self { kid, key, public })
+    }
+
+    pub fn sign(&self, claims: &AccessClaims) -> anyhow::Result<String> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        Ok(jsonwebtoken::encode(&header, claims, &self.key)?)
+    }
+
+    /// Every verification key: the newest signs, all of them verify.
+    pub fn public_keys(&self) -> &[PublicKey] {
+        &self.public
+    }
+}
+
+/// A new refresh token: 256 random bits, base64url.
+pub fn new_refresh_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// What is stored of a refresh token. Tokens carry 256 random bits, so a
+/// fast unkeyed hash is enough: there is nothing to brute-force.
+pub fn refresh_token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{DecodingKey, Validation};
+
+    #[test]
+    fn signs_with_newest_key_and_verifies_with_jwks() {
+        let dir = tempfile::tempdir().unwrap();
+        KeyRing::generate(dir.path()).unwrap();
+        let signer = TokenSigner::new(&KeyRing::load(dir.path()).unwrap()).unwrap();
+        let claims = AccessClaims {
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            sub: "42".into(),
+            sid: "s1".into(),
+            iat: 1_700_000_000,
+            exp: 4_000_000_000,
+        };
+        let token = signer.sign(&claims).unwrap();
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        let jwk = &signer.public_keys()[0];
+        assert_eq!(header.kid.as_deref(), Some(jwk.kid.as_str()));
+        let key = DecodingKey::from_ed_components(&jwk.x).unwrap();
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_issuer(&[ISSUER]);
+        let decoded = jsonwebtoken::decode::<AccessClaims>(&token, &key, &validation).unwrap();
+        assert_eq!(decoded.claims, claims);
+    }
+
+    #[test]
+    fn refresh_tokens_are_random_and_hashed() {
+        let (a, b) = (new_refresh_token(), new_refresh_token());
+        assert_ne!(a, b);
+        assert_eq!(URL_SAFE_NO_PAD.decode(&a).unwrap().len(), 32);
+        assert_eq!(refresh_token_hash(&a), refresh_token_hash(&a));
+    }
+}

@@ -1,0 +1,20 @@
+//! The ID service's domain: members, their credentials and sessions, and the
+//! rules that govern them. Plain Rust: no protobuf, no SQL.
+
+mod clock;
+mod email;
+mod error;
+mod identity;
+mod password;
+mod phone;
+mod store;
+mod throttle;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use email::{Email, mask_email};
+pub use error::{Error, Result};
+pub use identity::{IdentityService, LegacyUser, Policy, Principal, TokenPair, User, UserChanges};
+pub use password::{DEFAULT_MIN_PASSWORD_CHARS, MAX_PASSWORD_CHARS, Password};
+pub use phone::Phone;
+pub use store::*;
+pub use throttle::ThrottlePolicy;

@@ -1,0 +1,159 @@
+//! The storage the domain needs. Backends live in `crate::store` and implement
+//! this trait; the domain never sees SQL.
+
+use async_trait::async_trait;
+
+pub type UserId = i64;
+/// Unix milliseconds.
+pub type Millis = i64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The email's blind index is already held by another user.
+    #[error("email already taken")]
+    EmailTaken,
+    #[error("database: {0}")]
+    Database(#[source] anyhow::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A user row as stored: personal data sealed, password as a PHC string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRow {
+    pub id: UserId,
+    pub email_sealed: Vec<u8>,
+    pub email_index: Vec<u8>,
+    pub phone_sealed: Option<Vec<u8>>,
+    pub password_hash: String,
+    pub version: i64,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// Sealed personal data for a user id (the id is bound into the ciphertext).
+pub struct SealedPii {
+    pub email_sealed: Vec<u8>,
+    pub phone_sealed: Option<Vec<u8>>,
+}
+
+/// Seals personal data once the user's id is known.
+pub type Sealer<'a> = dyn Fn(UserId) -> anyhow::Result<SealedPii> + Send + Sync + 'a;
+
+/// A new user's fields other than its sealed personal data.
+pub struct NewUser<'a> {
+    pub email_index: &'a [u8],
+    pub password_hash: &'a str,
+    pub version: i64,
+    pub now: Millis,
+}
+
+/// What a double write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpsertOutcome {
+    Created,
+    Updated,
+    /// The same version was stored before.
+    Unchanged,
+    /// A newer version or a newer deletion is stored.
+    Stale,
+}
+
+/// A tombstone: what is left of a deleted user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tombstone {
+    pub id: UserId,
+    pub version: i64,
+    pub deleted_at: Millis,
+}
+
+/// A refresh token to store (only its hash).
+pub struct NewRefreshToken<'a> {
+    pub hash: &'a [u8],
+    pub session_id: &'a str,
+    pub user_id: UserId,
+    pub expires_at: Millis,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum RotateOutcome {
+    Rotated { user_id: UserId, session_id: String },
+    /// An already-rotated token came back outside the grace window: the whole
+    /// session (token family) is now revoked.
+    Reused { user_id: UserId, session_id: String },
+    /// Unknown, expired or revoked.
+    Invalid,
+}
+
+/// Failed-login counter for one (normalised, keyed-hashed) email.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThrottleState {
+    pub failures: i64,
+    pub locked_until: Millis,
+    pub updated_at: Millis,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts a user; fails with `EmailTaken` when the index is held.
+    async fn create_user(&self, user: NewUser<'_>, seal: &Sealer<'_>) -> StoreResult<UserRow>;
+    async fn user(&self, id: UserId) -> StoreResult<Option<UserRow>>;
+    async fn user_by_email_index(&self, index: &[u8]) -> StoreResult<Option<UserRow>>;
+    /// The user, if the session is live and belongs to them.
+    async fn user_in_session(&self, id: UserId, session_id: &str) -> StoreResult<Option<UserRow>>;
+    /// Writes `row` if the stored version is still `expected_version`.
+    async fn update_user(&self, row: &UserRow, expected_version: i64) -> StoreResult<bool>;
+    /// Deletes the user (if stored with a version ≤ `version`), leaves or raises
+    /// the tombstone, and revokes all their sessions. True if a user was deleted.
+    async fn delete_user(&self, id: UserId, version: i64, now: Millis) -> StoreResult<bool>;
+    async fn tombstone(&self, id: UserId) -> StoreResult<Option<Tombstone>>;
+    /// Double write: newest version wins, tombstones win over older upserts.
+    /// Returns the outcome and the version now stored for the id.
+    async fn upsert_legacy(&self, row: &UserRow) -> StoreResult<(UpsertOutcome, i64)>;
+
+    async fn create_session(&self, token: NewRefreshToken<'_>, now: Millis) -> StoreResult<()>;
+    /// Rotates `presented` into `next`. A token rotated less than `grace_ms` ago
+    /// may be presented once more while its child is unused.
+    async fn rotate_refresh_token(
+        &self,
+        presented: &[u8],
+        next: &[u8],
+        next_expires_at: Millis,
+        now: Millis,
+        grace_ms: i64,
+    ) -> StoreResult<RotateOutcome>;
+    /// Revokes the session the token belongs to; its owner if there was one.
+    async fn revoke_session_of(&self, token: &[u8], now: Millis) -> StoreResult<Option<UserId>>;
+    /// Revokes every live session of the user except `keep`.
+    async fn revoke_sessions(&self, user_id: UserId, keep: Option<&str>, now: Millis) -> StoreResult<u64>;
+
+    async fn throttle(&self, key: &[u8]) -> StoreResult<Option<ThrottleState>>;
+    /// Compare-and-swap of a throttle row: `expected` None means "absent".
+    /// Atomic across replicas; false when another attempt got there first.
+    async fn swap_throttle(
+        &self,
+        key: &[u8],
+        expected: Option<ThrottleState>,
+        next: ThrottleState,
+    ) -> StoreResult<bool>;
+    async fn clear_throttle(&self, key: &[u8]) -> StoreResult<()>;
+    /// Deletes throttle rows untouched since `before` and no longer locked.
+    async fn purge_throttle(&self, before: Millis) -> StoreResult<u64>;
+
+    async fn record_security_event(
+        &self,
+        kind: &str,
+        user_id: Option<UserId>,
+        detail: &str,
+        now: Millis,
+    ) -> StoreResult<()>;
+    async fn security_events(&self, limit: i64) -> StoreResult<Vec<SecurityEvent>>;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecurityEvent {
+    pub at: Millis,
+    pub kind: String,
+    pub user_id: Option<UserId>,
+    pub detail: String,
+}

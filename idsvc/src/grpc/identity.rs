@@ -1,0 +1,150 @@
+//! The `idbase.v1.Identity` gRPC service: conversions between protobuf and
+//! the domain, nothing else.
+
+use crate::domain::{self, IdentityService, LegacyUser, Principal, UpsertOutcome, UserChanges};
+use idbase_proto::v1::{self as pb, identity_server::Identity};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+pub struct IdentityGrpc {
+    service: Arc<IdentityService>,
+}
+
+impl IdentityGrpc {
+    pub fn new(service: Arc<IdentityService>) -> Self {
+        Self { service }
+    }
+}
+
+/// A span carrying the request id the gateway propagated (or none).
+fn span<T>(request: &Request<T>, method: &'static str) -> tracing::Span {
+    let request_id = request
+        .metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    tracing::info_span!("grpc", method, request_id)
+}
+
+fn user(user: domain::User) -> pb::User {
+    pb::User {
+        id: user.id,
+        email: user.email.as_str().to_owned(),
+        phone: user.phone.map(|p| p.as_str().to_owned()),
+        created_at: user.created_at,
+        updated_at: user.updated_at,
+    }
+}
+
+fn token_pair(pair: domain::TokenPair) -> pb::TokenPair {
+    pb::TokenPair {
+        access_token: pair.access_token,
+        refresh_token: pair.refresh_token,
+        expires_in: i64::try_from(pair.expires_in.as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+fn principal(principal: Option<pb::Principal>) -> Result<Principal, Status> {
+    let principal = principal.ok_or_else(|| Status::invalid_argument("principal is required"))?;
+    Ok(Principal { user_id: principal.user_id, session_id: principal.session_id })
+}
+
+#[tonic::async_trait]
+impl Identity for IdentityGrpc {
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::User>, Status> {
+        let span = span(&request, "register");
+        let r = request.into_inner();
+        let registered = self.service.register(&r.email, &r.password, r.phone.as_deref()).instrument(span).await?;
+        Ok(Response::new(user(registered)))
+    }
+
+    async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::TokenPair>, Status> {
+        let span = span(&request, "login");
+        let r = request.into_inner();
+        let pair = self.service.login(&r.email, &r.password).instrument(span).await?;
+        Ok(Response::new(token_pair(pair)))
+    }
+
+    async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Result<Response<pb::TokenPair>, Status> {
+        let span = span(&request, "refresh");
+        let pair = self.service.refresh(&request.into_inner().refresh_token).instrument(span).await?;
+        Ok(Response::new(token_pair(pair)))
+    }
+
+    async fn revoke(&self, request: Request<pb::RevokeRequest>) -> Result<Response<pb::Empty>, Status> {
+        let span = span(&request, "revoke");
+        self.service.revoke(&request.into_inner().refresh_token).instrument(span).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn get_me(&self, request: Request<pb::MeRequest>) -> Result<Response<pb::User>, Status> {
+        let span = span(&request, "get_me");
+        let principal = principal(request.into_inner().principal)?;
+        let me = self.service.me(&principal).instrument(span).await?;
+        Ok(Response::new(user(me)))
+    }
+
+    async fn update_me(&self, request: Request<pb::UpdateMeRequest>) -> Result<Response<pb::User>, Status> {
+        let span = span(&request, "update_me");
+        let r = request.into_inner();
+        let principal = principal(r.principal)?;
+        let changes = UserChanges {
+            email: r.email,
+            phone: r.phone,
+            password: r.password,
+            current_password: r.current_password,
+        };
+        let updated = self.service.update_me(&principal, changes).instrument(span).await?;
+        Ok(Response::new(user(updated)))
+    }
+
+    async fn withdraw(&self, request: Request<pb::WithdrawRequest>) -> Result<Response<pb::Empty>, Status> {
+        let span = span(&request, "withdraw");
+        let r = request.into_inner();
+        let principal = principal(r.principal)?;
+        self.service.withdraw(&principal, &r.current_password).instrument(span).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn get_jwks(&self, _request: Request<pb::Empty>) -> Result<Response<pb::Jwks>, Status> {
+        let keys = self
+            .service
+            .public_keys()
+            .iter()
+            .map(|key| pb::Jwk { kid: key.kid.clone(), x: key.x.clone() })
+            .collect();
+        Ok(Response::new(pb::Jwks { keys }))
+    }
+
+    async fn upsert_legacy_user(
+        &self,
+        request: Request<pb::UpsertLegacyUserRequest>,
+    ) -> Result<Response<pb::UpsertLegacyUserResponse>, Status> {
+        let span = span(&request, "upsert_legacy_user");
+        let r = request.into_inner();
+        let legacy = LegacyUser {
+            id: r.id,
+            email: r.email,
+            phone: r.phone,
+            password_hash: r.password_hash,
+            version: r.version,
+        };
+        let (outcome, version) = self.service.upsert_legacy(legacy).instrument(span).await?;
+        let outcome = match outcome {
+            UpsertOutcome::Created => pb::UpsertOutcome::Created,
+            UpsertOutcome::Updated => pb::UpsertOutcome::Updated,
+            UpsertOutcome::Unchanged => pb::UpsertOutcome::Unchanged,
+            UpsertOutcome::Stale => pb::UpsertOutcome::Stale,
+        };
+        Ok(Response::new(pb::UpsertLegacyUserResponse { outcome: outcome.into(), id: r.id, version }))
+    }
+
+    async fn delete_legacy_user(&self, request: Request<pb::DeleteLegacyUserRequest>) -> Result<Response<pb::Empty>, Status> {
+        let span = span(&request, "delete_legacy_user");
+        let r = request.into_inner();
+        self.service.delete_legacy(r.id, r.version).instrument(span).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+}
