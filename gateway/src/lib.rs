@@ -1,1 +1,113 @@
-//! gateway
+//! The gateway: idbase's only public edge. It speaks HTTP/JSON to apps and the
+//! legacy web tier and gRPC to idsvc; it authenticates client apps, verifies
+//! access tokens, and turns every error into problem+json.
+
+#![deny(clippy::unwrap_used)]
+
+pub mod access;
+pub mod api;
+pub mod clients;
+pub mod openapi;
+pub mod problem;
+pub mod routes;
+pub mod telemetry;
+pub mod upstream;
+
+use crate::access::AccessVerifier;
+use crate::clients::Clients;
+use crate::problem::Problem;
+use crate::routes::{AppState, internal, meta, sessions, users};
+use crate::upstream::Upstream;
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::{get, post, put};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// Largest request body: generous for every JSON body we take, and small
+/// enough that nothing large is ever read, let alone hashed.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// `idbase gateway`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct GatewayArgs {
+    /// idsvc's gRPC URL.
+    #[arg(long, env = "IDBASE_IDSVC")]
+    pub idsvc: String,
+    /// Clients file (TOML: id, class, token_sha256 per client).
+    #[arg(long, env = "IDBASE_CLIENTS")]
+    pub clients: PathBuf,
+    /// HTTP listen address.
+    #[arg(long, env = "IDBASE_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    /// Largest accepted request body in bytes; larger gets 413.
+    #[arg(long, env = "IDBASE_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+}
+
+/// What a gateway needs to serve, however it was configured.
+pub struct GatewayConfig {
+    pub idsvc_url: String,
+    pub clients: Clients,
+    pub max_body_bytes: usize,
+}
+
+/// The whole HTTP API.
+pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
+    let upstream = Upstream::new(&config.idsvc_url).context("idsvc URL")?;
+    let state = AppState {
+        verifier: Arc::new(AccessVerifier::new(upstream.clone())),
+        upstream,
+        clients: config.clients,
+    };
+    let internal = Router::new()
+        .route("/internal/v1/users/{id}", put(internal::upsert).delete(internal::delete))
+        .route_layer(from_fn(clients::require_internal));
+    let clients_only = Router::new()
+        .route("/v1/users", post(users::register))
+        .route("/v1/users/me", get(users::me).patch(users::update_me).delete(users::withdraw))
+        .route("/v1/sessions", post(sessions::login))
+        .route("/v1/tokens/refresh", post(sessions::refresh))
+        .route("/v1/tokens/revoke", post(sessions::revoke))
+        .merge(internal)
+        .route_layer(from_fn_with_state(state.clients.clone(), clients::require_client));
+    let open = Router::new()
+        .route("/.well-known/jwks.json", get(meta::jwks))
+        .route("/openapi.json", get(meta::openapi))
+        .route("/healthz", get(meta::healthz))
+        .route("/readyz", get(meta::readyz))
+        .route("/metrics", get(meta::metrics));
+    Ok(clients_only
+        .merge(open)
+        .route_layer(from_fn(telemetry::observe))
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such route".to_owned()) })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "method not allowed on this route".to_owned())
+        })
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .with_state(state))
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then drains.
+pub async fn serve(config: GatewayConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    telemetry::prometheus();
+    let app = router(config)?;
+    info!(http = %listener.local_addr()?, "gateway listening");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    Ok(())
+}
+
+/// `idbase gateway`.
+pub async fn run(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let clients = Clients::load(&args.clients)?;
+    let listener = TcpListener::bind(args.http).await.with_context(|| format!("binding {}", args.http))?;
+    let config = GatewayConfig { idsvc_url: args.idsvc, clients, max_body_bytes: args.max_body_bytes };
+    serve(config, listener, shutdown).await
+}

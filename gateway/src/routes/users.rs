@@ -1,0 +1,107 @@
+//! `/v1/users`: registration and the member's own account.
+
+use super::AppState;
+use crate::access::Bearer;
+use crate::api::{Json, RegisterBody, UpdateMeBody, UserBody, WithdrawBody};
+use crate::problem::Problem;
+use crate::telemetry::RequestId;
+use crate::upstream::call;
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use idbase_proto::v1 as pb;
+
+/// Register a member.
+#[utoipa::path(post, path = "/v1/users", tag = "users", request_body = RegisterBody,
+    security(("client_token" = [])),
+    responses(
+        (status = 201, body = UserBody, description = "Registered"),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "Malformed or invalid"),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "Unknown client"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "Email in use"),
+        (status = 413, body = Problem, content_type = "application/problem+json", description = "Body too large"),
+        (status = 415, body = Problem, content_type = "application/problem+json", description = "Not JSON"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "Overloaded; see Retry-After"),
+    ))]
+pub async fn register(
+    State(state): State<AppState>,
+    Extension(RequestId(rid)): Extension<RequestId>,
+    Json(body): Json<RegisterBody>,
+) -> Result<(StatusCode, Json<UserBody>), Problem> {
+    let request = pb::RegisterRequest { email: body.email, password: body.password, phone: body.phone };
+    let user = state.upstream.identity().register(call(request, &rid)).await?.into_inner();
+    Ok((StatusCode::CREATED, Json(user.into())))
+}
+
+/// The member the access token belongs to.
+#[utoipa::path(get, path = "/v1/users/me", tag = "users",
+    security(("client_token" = [], "bearer" = [])),
+    responses(
+        (status = 200, body = UserBody),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "Unknown client, or invalid, expired or revoked token"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "ID service unavailable"),
+    ))]
+pub async fn me(
+    State(state): State<AppState>,
+    Extension(RequestId(rid)): Extension<RequestId>,
+    Bearer(principal): Bearer,
+) -> Result<Json<UserBody>, Problem> {
+    let request = pb::MeRequest { principal: Some(principal) };
+    let user = state.upstream.identity().get_me(call(request, &rid)).await?.into_inner();
+    Ok(Json(user.into()))
+}
+
+/// Change email, phone or password. A password change logs out every other session.
+#[utoipa::path(patch, path = "/v1/users/me", tag = "users", request_body = UpdateMeBody,
+    security(("client_token" = [], "bearer" = [])),
+    responses(
+        (status = 200, body = UserBody),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "Malformed or invalid"),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "Unknown client or invalid token"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "Wrong current password"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "Email in use"),
+        (status = 413, body = Problem, content_type = "application/problem+json", description = "Body too large"),
+        (status = 415, body = Problem, content_type = "application/problem+json", description = "Not JSON"),
+        (status = 429, body = Problem, content_type = "application/problem+json", description = "Too many wrong passwords; see Retry-After"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "Overloaded; see Retry-After"),
+    ))]
+pub async fn update_me(
+    State(state): State<AppState>,
+    Extension(RequestId(rid)): Extension<RequestId>,
+    Bearer(principal): Bearer,
+    Json(body): Json<UpdateMeBody>,
+) -> Result<Json<UserBody>, Problem> {
+    let request = pb::UpdateMeRequest {
+        principal: Some(principal),
+        email: body.email,
+        phone: body.phone,
+        password: body.password,
+        current_password: body.current_password,
+    };
+    let user = state.upstream.identity().update_me(call(request, &rid)).await?.into_inner();
+    Ok(Json(user.into()))
+}
+
+/// Withdraw: the member is deleted and every session revoked.
+#[utoipa::path(delete, path = "/v1/users/me", tag = "users", request_body = WithdrawBody,
+    security(("client_token" = [], "bearer" = [])),
+    responses(
+        (status = 204, description = "Withdrawn"),
+        (status = 400, body = Problem, content_type = "application/problem+json", description = "Malformed"),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "Unknown client or invalid token"),
+        (status = 403, body = Problem, content_type = "application/problem+json", description = "Wrong current password"),
+        (status = 413, body = Problem, content_type = "application/problem+json", description = "Body too large"),
+        (status = 415, body = Problem, content_type = "application/problem+json", description = "Not JSON"),
+        (status = 429, body = Problem, content_type = "application/problem+json", description = "Too many wrong passwords; see Retry-After"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "Overloaded; see Retry-After"),
+    ))]
+pub async fn withdraw(
+    State(state): State<AppState>,
+    Extension(RequestId(rid)): Extension<RequestId>,
+    Bearer(principal): Bearer,
+    Json(body): Json<WithdrawBody>,
+) -> Result<StatusCode, Problem> {
+    let request = pb::WithdrawRequest { principal: Some(principal), current_password: body.current_password };
+    state.upstream.identity().withdraw(call(request, &rid)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

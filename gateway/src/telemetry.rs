@@ -1,0 +1,72 @@
+//! Request ids, one span and one log line per request, and Prometheus metrics.
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Instant;
+use tracing::Instrument;
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The request's id, as accepted or generated.
+#[derive(Clone)]
+pub struct RequestId(pub String);
+
+/// Latency buckets in seconds: from a cached-key `me` to a queued argon2 hash.
+const BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The process's Prometheus recorder (installed once, shared by every server
+/// in the process, so `idbase dev` shows idsvc's metrics too).
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may exist in tests that start several gateways.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Accepts a client's `X-Request-Id` if it is short and plain (it ends up in
+/// logs and gRPC metadata), otherwise makes one.
+fn request_id(request: &Request) -> String {
+    request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+/// Outermost middleware: request id, span, access log line, metrics.
+pub async fn observe(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request_id(&request);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().clone();
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("http", request_id = %id, %method, route, client = tracing::field::Empty);
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    let latency = started.elapsed();
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    let labels = [("route", route.clone()), ("method", method.to_string()), ("status", status.to_string())];
+    metrics::counter!("idbase_http_requests_total", &labels).increment(1);
+    metrics::histogram!("idbase_http_request_duration_seconds", &labels).record(latency.as_secs_f64());
+    span.in_scope(|| tracing::info!(status, latency_ms = latency.as_secs_f64() * 1000.0, "request"));
+    response
+}
