@@ -49,8 +49,9 @@ impl AccessVerifier {
         let invalid = || Problem::unauthenticated("invalid-token", "invalid or expired access token");
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
         let kid = header.kid.ok_or_else(invalid)?;
-        let key = match self.keys.read().await.get(&kid) {
-            Some(key) => key.clone(),
+        let cached = self.keys.read().await.get(&kid).cloned();
+        let key = match cached {
+            Some(key) => key,
             None => self.refetch_for(&kid).await?.ok_or_else(invalid)?,
         };
         let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(|_| invalid())?;
@@ -60,8 +61,10 @@ impl AccessVerifier {
 
     async fn refetch_for(&self, kid: &str) -> Result<Option<DecodingKey>, Problem> {
         let mut last = self.last_fetch.lock().await;
-        if let Some(key) = self.keys.read().await.get(kid) {
-            return Ok(Some(key.clone()));
+        let cached = self.keys.read().await.get(kid).cloned();
+        if cached.is_some() {
+            // Another request fetched while we waited.
+            return Ok(cached);
         }
         if last.is_some_and(|at| at.elapsed() < REFETCH_INTERVAL) {
             return Ok(None);

@@ -271,9 +271,16 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(unique_as_email_taken)?;
-            let id = inserted
-                .last_insert_id()
-                .ok_or_else(|| StoreError::Database(anyhow::anyhow!("no id for the new user")))?;
+            // MySQL reports the id; SQLite through `Any` does not, so ask.
+            let id = match inserted.last_insert_id() {
+                Some(id) => id,
+                None => {
+                    sqlx::query_scalar("SELECT id FROM users WHERE email_index = ?")
+                        .bind(user.email_index)
+                        .fetch_one(&mut *tx)
+                        .await?
+                }
+            };
             let sealed = seal(id).map_err(StoreError::Database)?;
             sqlx::query("UPDATE users SET email_sealed = ?, phone_sealed = ? WHERE id = ?")
                 .bind(&sealed.email_sealed)
