@@ -57,31 +57,48 @@ fn credentials(data_dir: &Path) -> anyhow::Result<DevCredentials> {
         return serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()));
     }
     let credentials = DevCredentials {
-        clients: CLASSES.iter().map(|(name, _)| (name.to_string(), new_token())).collect(),
+        clients: CLASSES
+            .iter()
+            .map(|(name, _)| (name.to_string(), new_token()))
+            .collect(),
         admin_token: new_token(),
     };
-    idsvc::crypto::keys::write_private(&path, serde_json::to_string_pretty(&credentials)?.as_bytes())?;
+    idsvc::crypto::keys::write_private(
+        &path,
+        serde_json::to_string_pretty(&credentials)?.as_bytes(),
+    )?;
     Ok(credentials)
 }
 
 pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let keys_dir = args.data_dir.join("keys");
     if !idsvc::crypto::KeyRing::exists_in(&keys_dir) {
         idsvc::crypto::KeyRing::generate(&keys_dir)?;
-        println!("Created development keys in {} (mode 0600).", keys_dir.display());
+        println!(
+            "Created development keys in {} (mode 0600).",
+            keys_dir.display()
+        );
     }
     let credentials = credentials(&args.data_dir)?;
-    let clients = Clients::from_tokens(
-        CLASSES
-            .iter()
-            .filter_map(|(name, class)| credentials.clients.get(*name).map(|token| (*name, *class, token.as_str()))),
-    );
+    let clients = Clients::from_tokens(CLASSES.iter().filter_map(|(name, class)| {
+        credentials
+            .clients
+            .get(*name)
+            .map(|token| (*name, *class, token.as_str()))
+    }));
     let database_url = format!("sqlite://{}", args.data_dir.join("idbase.db").display());
     let service = idsvc::build_service(&database_url, &keys_dir, &args.policy).await?;
-    let grpc = TcpListener::bind(args.grpc).await.with_context(|| format!("binding {}", args.grpc))?;
-    let admin = TcpListener::bind(args.admin_grpc).await.with_context(|| format!("binding {}", args.admin_grpc))?;
-    let http = TcpListener::bind(args.http).await.with_context(|| format!("binding {}", args.http))?;
+    let grpc = TcpListener::bind(args.grpc)
+        .await
+        .with_context(|| format!("binding {}", args.grpc))?;
+    let admin = TcpListener::bind(args.admin_grpc)
+        .await
+        .with_context(|| format!("binding {}", args.admin_grpc))?;
+    let http = TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("binding {}", args.http))?;
     let gateway_url = format!("http://{}", http.local_addr()?);
     let config = gateway::GatewayConfig {
         idsvc_url: format!("http://{}", grpc.local_addr()?),

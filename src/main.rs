@@ -9,7 +9,11 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "idbase", version, about = "Identity platform and zero-downtime member migration")]
+#[command(
+    name = "idbase",
+    version,
+    about = "Identity platform and zero-downtime member migration"
+)]
 struct Cli {
     /// Log format: `json` for production, `pretty` for people.
     #[arg(long, global = true, env = "IDBASE_LOG_FORMAT", value_enum)]
@@ -48,9 +52,15 @@ enum KeysCommand {
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
         LogFormat::Pretty => builder.compact().init(),
     }
 }

@@ -41,12 +41,18 @@ impl AccessVerifier {
         validation.set_audience(&["idbase"]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = LEEWAY_SECS;
-        Self { upstream, keys: RwLock::default(), last_fetch: Mutex::default(), validation }
+        Self {
+            upstream,
+            keys: RwLock::default(),
+            last_fetch: Mutex::default(),
+            validation,
+        }
     }
 
     /// The principal of a valid bearer token.
     pub async fn verify(&self, token: &str) -> Result<pb::Principal, Problem> {
-        let invalid = || Problem::unauthenticated("invalid-token", "invalid or expired access token");
+        let invalid =
+            || Problem::unauthenticated("invalid-token", "invalid or expired access token");
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
         let kid = header.kid.ok_or_else(invalid)?;
         let cached = self.keys.read().await.get(&kid).cloned();
@@ -54,9 +60,13 @@ impl AccessVerifier {
             Some(key) => key,
             None => self.refetch_for(&kid).await?.ok_or_else(invalid)?,
         };
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(|_| invalid())?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &key, &self.validation).map_err(|_| invalid())?;
         let user_id = data.claims.sub.parse().map_err(|_| invalid())?;
-        Ok(pb::Principal { user_id, session_id: data.claims.sid })
+        Ok(pb::Principal {
+            user_id,
+            session_id: data.claims.sid,
+        })
     }
 
     async fn refetch_for(&self, kid: &str) -> Result<Option<DecodingKey>, Problem> {
@@ -98,8 +108,16 @@ where
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .ok_or_else(|| Problem::unauthenticated("invalid-token", "an Authorization: Bearer access token is required"))?;
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .ok_or_else(|| {
+                Problem::unauthenticated(
+                    "invalid-token",
+                    "an Authorization: Bearer access token is required",
+                )
+            })?;
         verifier.verify(token.trim()).await.map(Bearer)
     }
 }

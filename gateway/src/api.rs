@@ -154,7 +154,11 @@ impl From<pb::UpsertLegacyUserResponse> for UpsertBody {
             pb::UpsertOutcome::Unchanged => UpsertOutcome::Unchanged,
             pb::UpsertOutcome::Stale | pb::UpsertOutcome::Unspecified => UpsertOutcome::Stale,
         };
-        Self { id: r.id.to_string(), outcome, version: r.version }
+        Self {
+            id: r.id.to_string(),
+            outcome,
+            version: r.version,
+        }
     }
 }
 
@@ -179,7 +183,14 @@ impl From<pb::Jwks> for JwkSet {
         let keys = jwks
             .keys
             .into_iter()
-            .map(|k| Jwk { kty: "OKP", crv: "Ed25519", alg: "EdDSA", use_: "sig", kid: k.kid, x: k.x })
+            .map(|k| Jwk {
+                kty: "OKP",
+                crv: "Ed25519",
+                alg: "EdDSA",
+                use_: "sig",
+                kid: k.kid,
+                x: k.x,
+            })
             .collect();
         Self { keys }
     }

@@ -63,7 +63,8 @@ pub struct Clients(Arc<Vec<Entry>>);
 
 impl Clients {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 
@@ -76,7 +77,13 @@ impl Clients {
             let Ok(token_hash) = <[u8; 32]>::try_from(bytes) else {
                 bail!("client {}: token_sha256 must be 32 bytes", entry.id);
             };
-            entries.push(Entry { client: Client { id: entry.id, class: entry.class }, token_hash });
+            entries.push(Entry {
+                client: Client {
+                    id: entry.id,
+                    class: entry.class,
+                },
+                token_hash,
+            });
         }
         if entries.is_empty() {
             bail!("no clients");
@@ -85,10 +92,18 @@ impl Clients {
     }
 
     /// From plaintext tokens (dev mode creates them).
-    pub fn from_tokens<'a>(tokens: impl IntoIterator<Item = (&'a str, ClientClass, &'a str)>) -> Self {
+    pub fn from_tokens<'a>(
+        tokens: impl IntoIterator<Item = (&'a str, ClientClass, &'a str)>,
+    ) -> Self {
         let entries = tokens
             .into_iter()
-            .map(|(id, class, token)| Entry { client: Client { id: id.to_owned(), class }, token_hash: hash(token) })
+            .map(|(id, class, token)| Entry {
+                client: Client {
+                    id: id.to_owned(),
+                    class,
+                },
+                token_hash: hash(token),
+            })
             .collect();
         Self(Arc::new(entries))
     }
@@ -112,10 +127,21 @@ pub fn hash(token: &str) -> [u8; 32] {
 }
 
 /// Middleware: 401 without a known `Client-Token`.
-pub async fn require_client(State(clients): State<Clients>, mut request: Request, next: Next) -> Result<Response, Problem> {
-    let token = request.headers().get(CLIENT_TOKEN).and_then(|v| v.to_str().ok());
+pub async fn require_client(
+    State(clients): State<Clients>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, Problem> {
+    let token = request
+        .headers()
+        .get(CLIENT_TOKEN)
+        .and_then(|v| v.to_str().ok());
     let Some(client) = token.and_then(|t| clients.authenticate(t)) else {
-        return Err(Problem::new(StatusCode::UNAUTHORIZED, "invalid-client", "a valid Client-Token header is required".to_owned()));
+        return Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid-client",
+            "a valid Client-Token header is required".to_owned(),
+        ));
     };
     tracing::Span::current().record("client", client.id.as_str());
     request.extensions_mut().insert(client);
@@ -124,9 +150,16 @@ pub async fn require_client(State(clients): State<Clients>, mut request: Request
 
 /// Middleware after `require_client`: 403 unless the client is internal.
 pub async fn require_internal(request: Request, next: Next) -> Result<Response, Problem> {
-    let internal = request.extensions().get::<Client>().is_some_and(|c| c.class == ClientClass::Internal);
+    let internal = request
+        .extensions()
+        .get::<Client>()
+        .is_some_and(|c| c.class == ClientClass::Internal);
     if !internal {
-        return Err(Problem::new(StatusCode::FORBIDDEN, "forbidden", "only internal clients may double-write".to_owned()));
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only internal clients may double-write".to_owned(),
+        ));
     }
     Ok(next.run(request).await)
 }
@@ -143,14 +176,23 @@ mod tests {
         );
         let clients = Clients::parse(&text).unwrap();
         let client = clients.authenticate("s3cret").unwrap();
-        assert_eq!((client.id.as_str(), client.class), ("legacy-web", ClientClass::Internal));
+        assert_eq!(
+            (client.id.as_str(), client.class),
+            ("legacy-web", ClientClass::Internal)
+        );
         assert!(clients.authenticate("s3cre").is_none());
     }
 
     #[test]
     fn rejects_bad_files() {
-        assert!(Clients::parse("[[client]]\nid = \"a\"\nclass = \"web\"\ntoken_sha256 = \"zz\"\n").is_err());
-        assert!(Clients::parse("[[client]]\nid = \"a\"\nclass = \"root\"\ntoken_sha256 = \"00\"\n").is_err());
+        assert!(
+            Clients::parse("[[client]]\nid = \"a\"\nclass = \"web\"\ntoken_sha256 = \"zz\"\n")
+                .is_err()
+        );
+        assert!(
+            Clients::parse("[[client]]\nid = \"a\"\nclass = \"root\"\ntoken_sha256 = \"00\"\n")
+                .is_err()
+        );
         assert!(Clients::parse("client = []\n").is_err());
     }
 }

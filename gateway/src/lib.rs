@@ -68,16 +68,27 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
         clients: config.clients,
     };
     let internal = Router::new()
-        .route("/internal/v1/users/{id}", put(internal::upsert).delete(internal::delete))
+        .route(
+            "/internal/v1/users/{id}",
+            put(internal::upsert).delete(internal::delete),
+        )
         .route_layer(from_fn(clients::require_internal));
     let clients_only = Router::new()
         .route("/v1/users", post(users::register))
-        .route("/v1/users/me", get(users::me).patch(users::update_me).delete(users::withdraw))
+        .route(
+            "/v1/users/me",
+            get(users::me)
+                .patch(users::update_me)
+                .delete(users::withdraw),
+        )
         .route("/v1/sessions", post(sessions::login))
         .route("/v1/tokens/refresh", post(sessions::refresh))
         .route("/v1/tokens/revoke", post(sessions::revoke))
         .merge(internal)
-        .route_layer(from_fn_with_state(state.clients.clone(), clients::require_client));
+        .route_layer(from_fn_with_state(
+            state.clients.clone(),
+            clients::require_client,
+        ));
     let open = Router::new()
         .route("/.well-known/jwks.json", get(meta::jwks))
         .route("/openapi.json", get(meta::openapi))
@@ -87,27 +98,49 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
     Ok(clients_only
         .merge(open)
         .route_layer(from_fn(telemetry::observe))
-        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "not-found", "no such route".to_owned()) })
+        .fallback(|| async {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "no such route".to_owned(),
+            )
+        })
         .method_not_allowed_fallback(|| async {
-            Problem::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "method not allowed on this route".to_owned())
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "method not allowed on this route".to_owned(),
+            )
         })
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state))
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled, then drains.
-pub async fn serve(config: GatewayConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    config: GatewayConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     telemetry::prometheus();
     let app = router(config)?;
     info!(http = %listener.local_addr()?, "gateway listening");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
     Ok(())
 }
 
 /// `idbase gateway`.
 pub async fn run(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let clients = Clients::load(&args.clients)?;
-    let listener = TcpListener::bind(args.http).await.with_context(|| format!("binding {}", args.http))?;
-    let config = GatewayConfig { idsvc_url: args.idsvc, clients, max_body_bytes: args.max_body_bytes };
+    let listener = TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("binding {}", args.http))?;
+    let config = GatewayConfig {
+        idsvc_url: args.idsvc,
+        clients,
+        max_body_bytes: args.max_body_bytes,
+    };
     serve(config, listener, shutdown).await
 }

@@ -47,7 +47,12 @@ impl Problem {
     }
 
     pub fn unavailable() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the ID service is unavailable".to_owned()).retry_after(1)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the ID service is unavailable".to_owned(),
+        )
+        .retry_after(1)
     }
 
     pub fn internal() -> Self {
@@ -60,7 +65,10 @@ impl IntoResponse for Problem {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, axum::Json(&self)).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if let Some(secs) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -72,7 +80,10 @@ impl IntoResponse for Problem {
 impl From<tonic::Status> for Problem {
     fn from(status: tonic::Status) -> Self {
         let metadata = status.metadata();
-        let kind = metadata.get("idbase-problem").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let kind = metadata
+            .get("idbase-problem")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let retry_after = metadata
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
@@ -86,10 +97,16 @@ impl From<tonic::Status> for Problem {
             "invalid-token" => Self::unauthenticated(kind, "invalid or expired token"),
             "wrong-current-password" => Self::new(StatusCode::FORBIDDEN, kind, detail()),
             "not-found" => Self::new(StatusCode::NOT_FOUND, kind, detail()),
-            "throttled" => Self::new(StatusCode::TOO_MANY_REQUESTS, kind, detail()).retry_after(retry_after),
-            "overloaded" => Self::new(StatusCode::SERVICE_UNAVAILABLE, kind, detail()).retry_after(retry_after),
+            "throttled" => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, kind, detail()).retry_after(retry_after)
+            }
+            "overloaded" => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, kind, detail()).retry_after(retry_after)
+            }
             _ => match status.code() {
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => Self::unavailable(),
+                tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Cancelled => Self::unavailable(),
                 tonic::Code::InvalidArgument => Self::bad_request(status.message()),
                 code => {
                     error!(?code, message = status.message(), "ID service failed");

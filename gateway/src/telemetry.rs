@@ -16,7 +16,9 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub struct RequestId(pub String);
 
 /// Latency buckets in seconds: from a cached-key `me` to a queued argon2 hash.
-const BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// The process's Prometheus recorder (installed once, shared by every server
 /// in the process, so `idbase dev` shows idsvc's metrics too).
@@ -43,7 +45,12 @@ fn request_id(request: &Request) -> String {
         .headers()
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
@@ -64,9 +71,20 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
-    let labels = [("route", route.clone()), ("method", method.to_string()), ("status", status.to_string())];
+    let labels = [
+        ("route", route.clone()),
+        ("method", method.to_string()),
+        ("status", status.to_string()),
+    ];
     metrics::counter!("idbase_http_requests_total", &labels).increment(1);
-    metrics::histogram!("idbase_http_request_duration_seconds", &labels).record(latency.as_secs_f64());
-    span.in_scope(|| tracing::info!(status, latency_ms = latency.as_secs_f64() * 1000.0, "request"));
+    metrics::histogram!("idbase_http_request_duration_seconds", &labels)
+        .record(latency.as_secs_f64());
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            latency_ms = latency.as_secs_f64() * 1000.0,
+            "request"
+        )
+    });
     response
 }

@@ -38,7 +38,9 @@ impl Upstream {
     /// True when idsvc answers its health check as serving.
     pub async fn ready(&self) -> bool {
         let mut health = HealthClient::new(self.channel.clone());
-        let check = health.check(HealthCheckRequest { service: String::new() });
+        let check = health.check(HealthCheckRequest {
+            service: String::new(),
+        });
         match tokio::time::timeout(Duration::from_secs(2), check).await {
             Ok(Ok(answer)) => answer.into_inner().status == ServingStatus::Serving as i32,
             _ => false,

@@ -52,7 +52,10 @@ impl PolicyArgs {
             access_ttl: Duration::from_secs(self.access_ttl_secs),
             refresh_ttl: Duration::from_secs(self.refresh_ttl_days * 24 * 60 * 60),
             refresh_grace: Duration::from_secs(self.refresh_grace_secs),
-            throttle: ThrottlePolicy { limit: self.login_failure_limit, ..ThrottlePolicy::default() },
+            throttle: ThrottlePolicy {
+                limit: self.login_failure_limit,
+                ..ThrottlePolicy::default()
+            },
         }
     }
 }
@@ -80,12 +83,22 @@ pub struct IdsvcArgs {
 }
 
 /// Opens the store and keys and assembles the service.
-pub async fn build_service(database_url: &str, keys_dir: &Path, policy: &PolicyArgs) -> anyhow::Result<Arc<IdentityService>> {
+pub async fn build_service(
+    database_url: &str,
+    keys_dir: &Path,
+    policy: &PolicyArgs,
+) -> anyhow::Result<Arc<IdentityService>> {
     let keys = KeyRing::load(keys_dir)?;
     let store = SqlStore::connect(database_url).await?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let hashing = HashingPool::new(policy.argon2, cores, policy.argon2_queue)?;
-    let service = IdentityService::new(Arc::new(store), Arc::new(SystemClock), &keys, hashing, policy.policy())?;
+    let service = IdentityService::new(
+        Arc::new(store),
+        Arc::new(SystemClock),
+        &keys,
+        hashing,
+        policy.policy(),
+    )?;
     Ok(Arc::new(service))
 }
 
@@ -116,8 +129,12 @@ pub async fn run(args: IdsvcArgs, shutdown: CancellationToken) -> anyhow::Result
             .context("starting the metrics listener")?;
     }
     let service = build_service(&args.database_url, &args.keys_dir, &args.policy).await?;
-    let grpc = TcpListener::bind(args.grpc).await.with_context(|| format!("binding {}", args.grpc))?;
-    let admin = TcpListener::bind(args.admin_grpc).await.with_context(|| format!("binding {}", args.admin_grpc))?;
+    let grpc = TcpListener::bind(args.grpc)
+        .await
+        .with_context(|| format!("binding {}", args.grpc))?;
+    let admin = TcpListener::bind(args.admin_grpc)
+        .await
+        .with_context(|| format!("binding {}", args.admin_grpc))?;
     serve(service, grpc, admin, shutdown).await
 }
 

@@ -7,4 +7,5 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of every idbase proto, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/idbase_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/idbase_descriptor.bin"));

@@ -48,7 +48,13 @@ pub async fn upsert(
         password_hash: body.password_hash,
         version: body.version,
     };
-    let answer: UpsertBody = state.upstream.identity().upsert_legacy_user(call(request, &rid)).await?.into_inner().into();
+    let answer: UpsertBody = state
+        .upstream
+        .identity()
+        .upsert_legacy_user(call(request, &rid))
+        .await?
+        .into_inner()
+        .into();
     let status = match answer.outcome {
         UpsertOutcome::Created => StatusCode::CREATED,
         _ => StatusCode::OK,
@@ -73,7 +79,14 @@ pub async fn delete(
     Path(id): Path<i64>,
     Query(query): Query<VersionQuery>,
 ) -> Result<StatusCode, Problem> {
-    let request = pb::DeleteLegacyUserRequest { id, version: query.version };
-    state.upstream.identity().delete_legacy_user(call(request, &rid)).await?;
+    let request = pb::DeleteLegacyUserRequest {
+        id,
+        version: query.version,
+    };
+    state
+        .upstream
+        .identity()
+        .delete_legacy_user(call(request, &rid))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -27,11 +27,18 @@ pub async fn login(
     Extension(RequestId(rid)): Extension<RequestId>,
     Json(body): Json<LoginBody>,
 ) -> Result<Json<TokenBody>, Problem> {
-    let request = pb::LoginRequest { email: body.email, password: body.password };
+    let request = pb::LoginRequest {
+        email: body.email,
+        password: body.password,
+    };
     let result = state.upstream.identity().login(call(request, &rid)).await;
     let outcome = match &result {
         Ok(_) => "success",
-        Err(status) => match status.metadata().get("idbase-problem").and_then(|v| v.to_str().ok()) {
+        Err(status) => match status
+            .metadata()
+            .get("idbase-problem")
+            .and_then(|v| v.to_str().ok())
+        {
             Some("invalid-credentials") => "invalid_credentials",
             Some("throttled") => "throttled",
             Some("overloaded") => "overloaded",
@@ -59,8 +66,15 @@ pub async fn refresh(
     Extension(RequestId(rid)): Extension<RequestId>,
     Json(body): Json<RefreshTokenBody>,
 ) -> Result<Json<TokenBody>, Problem> {
-    let request = pb::RefreshRequest { refresh_token: body.refresh_token };
-    let pair = state.upstream.identity().refresh(call(request, &rid)).await?.into_inner();
+    let request = pb::RefreshRequest {
+        refresh_token: body.refresh_token,
+    };
+    let pair = state
+        .upstream
+        .identity()
+        .refresh(call(request, &rid))
+        .await?
+        .into_inner();
     Ok(Json(pair.into()))
 }
 
@@ -80,7 +94,13 @@ pub async fn revoke(
     Extension(RequestId(rid)): Extension<RequestId>,
     Json(body): Json<RefreshTokenBody>,
 ) -> Result<StatusCode, Problem> {
-    let request = pb::RevokeRequest { refresh_token: body.refresh_token };
-    state.upstream.identity().revoke(call(request, &rid)).await?;
+    let request = pb::RevokeRequest {
+        refresh_token: body.refresh_token,
+    };
+    state
+        .upstream
+        .identity()
+        .revoke(call(request, &rid))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -28,8 +28,17 @@ pub async fn register(
     Extension(RequestId(rid)): Extension<RequestId>,
     Json(body): Json<RegisterBody>,
 ) -> Result<(StatusCode, Json<UserBody>), Problem> {
-    let request = pb::RegisterRequest { email: body.email, password: body.password, phone: body.phone };
-    let user = state.upstream.identity().register(call(request, &rid)).await?.into_inner();
+    let request = pb::RegisterRequest {
+        email: body.email,
+        password: body.password,
+        phone: body.phone,
+    };
+    let user = state
+        .upstream
+        .identity()
+        .register(call(request, &rid))
+        .await?
+        .into_inner();
     Ok((StatusCode::CREATED, Json(user.into())))
 }
 
@@ -46,8 +55,15 @@ pub async fn me(
     Extension(RequestId(rid)): Extension<RequestId>,
     Bearer(principal): Bearer,
 ) -> Result<Json<UserBody>, Problem> {
-    let request = pb::MeRequest { principal: Some(principal) };
-    let user = state.upstream.identity().get_me(call(request, &rid)).await?.into_inner();
+    let request = pb::MeRequest {
+        principal: Some(principal),
+    };
+    let user = state
+        .upstream
+        .identity()
+        .get_me(call(request, &rid))
+        .await?
+        .into_inner();
     Ok(Json(user.into()))
 }
 
@@ -78,7 +94,12 @@ pub async fn update_me(
         password: body.password,
         current_password: body.current_password,
     };
-    let user = state.upstream.identity().update_me(call(request, &rid)).await?.into_inner();
+    let user = state
+        .upstream
+        .identity()
+        .update_me(call(request, &rid))
+        .await?
+        .into_inner();
     Ok(Json(user.into()))
 }
 
@@ -101,7 +122,14 @@ pub async fn withdraw(
     Bearer(principal): Bearer,
     Json(body): Json<WithdrawBody>,
 ) -> Result<StatusCode, Problem> {
-    let request = pb::WithdrawRequest { principal: Some(principal), current_password: body.current_password };
-    state.upstream.identity().withdraw(call(request, &rid)).await?;
+    let request = pb::WithdrawRequest {
+        principal: Some(principal),
+        current_password: body.current_password,
+    };
+    state
+        .upstream
+        .identity()
+        .withdraw(call(request, &rid))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

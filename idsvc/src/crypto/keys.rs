@@ -36,7 +36,8 @@ impl KeyRing {
         let mut pii = BTreeMap::new();
         let mut signing = BTreeMap::new();
         let mut blind_index = None;
-        let entries = fs::read_dir(dir).with_context(|| format!("reading keys dir {}", dir.display()))?;
+        let entries =
+            fs::read_dir(dir).with_context(|| format!("reading keys dir {}", dir.display()))?;
         for entry in entries {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -55,12 +56,22 @@ impl KeyRing {
             }
         }
         let Some(blind_index) = blind_index else {
-            bail!("{} has no {BLIND_INDEX_FILE}; create keys with `idbase keys generate --out DIR`", dir.display());
+            bail!(
+                "{} has no {BLIND_INDEX_FILE}; create keys with `idbase keys generate --out DIR`",
+                dir.display()
+            );
         };
         if pii.is_empty() || signing.is_empty() {
-            bail!("{} needs at least one pii-<kid>.key and one signing-<kid>.key", dir.display());
+            bail!(
+                "{} needs at least one pii-<kid>.key and one signing-<kid>.key",
+                dir.display()
+            );
         }
-        Ok(Self { pii, blind_index, signing })
+        Ok(Self {
+            pii,
+            blind_index,
+            signing,
+        })
     }
 
     /// Creates a new PII key and signing key (a rotation when the directory
@@ -93,7 +104,9 @@ impl KeyRing {
 fn valid_kid(kid: &str) -> anyhow::Result<String> {
     let ok = !kid.is_empty()
         && kid.len() <= 32
-        && kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if !ok {
         bail!("key id {kid:?} must be 1–32 characters of [A-Za-z0-9_-]");
     }
@@ -101,7 +114,9 @@ fn valid_kid(kid: &str) -> anyhow::Result<String> {
 }
 
 fn read_key(path: &Path) -> anyhow::Result<Key32> {
-    let text = Zeroizing::new(fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?);
+    let text = Zeroizing::new(
+        fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+    );
     let bytes = Zeroizing::new(
         STANDARD
             .decode(text.trim())
@@ -109,7 +124,11 @@ fn read_key(path: &Path) -> anyhow::Result<Key32> {
     );
     let mut key = Zeroizing::new([0u8; 32]);
     if bytes.len() != 32 {
-        bail!("{} must hold 32 bytes, holds {}", path.display(), bytes.len());
+        bail!(
+            "{} must hold 32 bytes, holds {}",
+            path.display(),
+            bytes.len()
+        );
     }
     key.copy_from_slice(&bytes);
     Ok(key)
@@ -117,7 +136,10 @@ fn read_key(path: &Path) -> anyhow::Result<Key32> {
 
 fn write_new_key(path: &Path) -> anyhow::Result<()> {
     if path.exists() {
-        bail!("{} exists already; keys are never overwritten", path.display());
+        bail!(
+            "{} exists already; keys are never overwritten",
+            path.display()
+        );
     }
     let mut key = Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill_bytes(key.as_mut());
@@ -176,7 +198,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(keys_dir.join(BLIND_INDEX_FILE)).unwrap().permissions().mode();
+            let mode = fs::metadata(keys_dir.join(BLIND_INDEX_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         // A second generate in the same second must not overwrite anything.

@@ -17,19 +17,35 @@ use zeroize::Zeroizing;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Args)]
 pub struct PasswordParams {
     /// argon2id memory cost in KiB.
-    #[arg(long = "argon2-memory-kib", env = "IDBASE_ARGON2_MEMORY_KIB", default_value_t = 19_456)]
+    #[arg(
+        long = "argon2-memory-kib",
+        env = "IDBASE_ARGON2_MEMORY_KIB",
+        default_value_t = 19_456
+    )]
     pub memory_kib: u32,
     /// argon2id iterations.
-    #[arg(long = "argon2-iterations", env = "IDBASE_ARGON2_ITERATIONS", default_value_t = 2)]
+    #[arg(
+        long = "argon2-iterations",
+        env = "IDBASE_ARGON2_ITERATIONS",
+        default_value_t = 2
+    )]
     pub iterations: u32,
     /// argon2id lanes.
-    #[arg(long = "argon2-parallelism", env = "IDBASE_ARGON2_PARALLELISM", default_value_t = 1)]
+    #[arg(
+        long = "argon2-parallelism",
+        env = "IDBASE_ARGON2_PARALLELISM",
+        default_value_t = 1
+    )]
     pub parallelism: u32,
 }
 
 impl Default for PasswordParams {
     fn default() -> Self {
-        Self { memory_kib: 19_456, iterations: 2, parallelism: 1 }
+        Self {
+            memory_kib: 19_456,
+            iterations: 2,
+            parallelism: 1,
+        }
     }
 }
 
@@ -58,13 +74,18 @@ impl PasswordParams {
         if parsed.algorithm != argon2::ARGON2ID_IDENT && parsed.algorithm != argon2::ARGON2I_IDENT {
             return Verification::Mismatch;
         }
-        if Argon2::default().verify_password(password.as_bytes(), &parsed).is_err() {
+        if Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_err()
+        {
             return Verification::Mismatch;
         }
         let current = Params::try_from(&parsed).ok();
         let wanted = Params::new(self.memory_kib, self.iterations, self.parallelism, None).ok();
         let same_params = match (current, wanted) {
-            (Some(c), Some(w)) => c.m_cost() == w.m_cost() && c.t_cost() == w.t_cost() && c.p_cost() == w.p_cost(),
+            (Some(c), Some(w)) => {
+                c.m_cost() == w.m_cost() && c.t_cost() == w.t_cost() && c.p_cost() == w.p_cost()
+            }
             _ => false,
         };
         if parsed.algorithm == argon2::ARGON2ID_IDENT && same_params {
@@ -123,7 +144,11 @@ impl HashingPool {
                     }
                 })?;
         }
-        Ok(Self { jobs, queued, params })
+        Ok(Self {
+            jobs,
+            queued,
+            params,
+        })
     }
 
     pub fn params(&self) -> PasswordParams {
@@ -131,18 +156,28 @@ impl HashingPool {
     }
 
     /// Hashes a password on the pool.
-    pub async fn hash(&self, password: Zeroizing<String>) -> Result<anyhow::Result<String>, PoolFull> {
+    pub async fn hash(
+        &self,
+        password: Zeroizing<String>,
+    ) -> Result<anyhow::Result<String>, PoolFull> {
         let params = self.params;
         self.run(move || params.hash(&password)).await
     }
 
     /// Verifies a password on the pool.
-    pub async fn verify(&self, password: Zeroizing<String>, stored: String) -> Result<Verification, PoolFull> {
+    pub async fn verify(
+        &self,
+        password: Zeroizing<String>,
+        stored: String,
+    ) -> Result<Verification, PoolFull> {
         let params = self.params;
         self.run(move || params.verify(&password, &stored)).await
     }
 
-    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, PoolFull> {
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, PoolFull> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             // The caller may have gone (request cancelled); nothing to do then.
@@ -164,7 +199,11 @@ mod tests {
     use super::*;
 
     fn cheap() -> PasswordParams {
-        PasswordParams { memory_kib: 64, iterations: 1, parallelism: 1 }
+        PasswordParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        }
     }
 
     #[test]
@@ -174,15 +213,25 @@ mod tests {
         assert!(hash.starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
         assert_eq!(params.verify("correct horse", &hash), Verification::Match);
         assert_eq!(params.verify("wrong horse", &hash), Verification::Mismatch);
-        let stronger = PasswordParams { memory_kib: 128, ..params };
-        assert_eq!(stronger.verify("correct horse", &hash), Verification::MatchNeedsRehash);
+        let stronger = PasswordParams {
+            memory_kib: 128,
+            ..params
+        };
+        assert_eq!(
+            stronger.verify("correct horse", &hash),
+            Verification::MatchNeedsRehash
+        );
         assert_eq!(params.verify("x", "not a hash"), Verification::Mismatch);
     }
 
     #[tokio::test]
     async fn full_queue_fails_fast() {
         // One worker, one queue slot, slow hashes: the third concurrent call is refused.
-        let slow = PasswordParams { memory_kib: 32 * 1024, iterations: 3, parallelism: 1 };
+        let slow = PasswordParams {
+            memory_kib: 32 * 1024,
+            iterations: 3,
+            parallelism: 1,
+        };
         let pool = HashingPool::new(slow, 1, 1).unwrap();
         let calls: Vec<_> = (0..6)
             .map(|_| {

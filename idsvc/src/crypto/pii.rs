@@ -42,7 +42,11 @@ impl PiiSealer {
             .iter()
             .map(|(kid, key)| (kid.clone(), Aes256Gcm::new(key.as_ref().into())))
             .collect();
-        let current = ciphers.keys().last().cloned().ok_or_else(|| anyhow!("no PII key"))?;
+        let current = ciphers
+            .keys()
+            .last()
+            .cloned()
+            .ok_or_else(|| anyhow!("no PII key"))?;
         Ok(Self { ciphers, current })
     }
 
@@ -52,7 +56,13 @@ impl PiiSealer {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         let aad = associated_data(field, user_id);
         let sealed = cipher
-            .encrypt(&nonce, Payload { msg: plaintext.as_bytes(), aad: &aad })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext.as_bytes(),
+                    aad: &aad,
+                },
+            )
             .map_err(|_| anyhow!("sealing {} failed", field.name()))?;
         let kid = self.current.as_bytes();
         let mut out = Vec::with_capacity(2 + kid.len() + NONCE_LEN + sealed.len());
@@ -77,10 +87,19 @@ impl PiiSealer {
         let (kid, rest) = rest.split_at(kid_len);
         let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
         let kid = std::str::from_utf8(kid)?;
-        let cipher = self.ciphers.get(kid).with_context(|| format!("no PII key {kid:?} in the keys dir"))?;
+        let cipher = self
+            .ciphers
+            .get(kid)
+            .with_context(|| format!("no PII key {kid:?} in the keys dir"))?;
         let aad = associated_data(field, user_id);
         let plain = cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &aad })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| anyhow!("{} of user {user_id} does not open", field.name()))?;
         Ok(String::from_utf8(plain)?)
     }
@@ -98,7 +117,9 @@ pub struct BlindIndex {
 
 impl BlindIndex {
     pub fn new(keys: &KeyRing) -> Self {
-        Self { key: keys.blind_index.clone() }
+        Self {
+            key: keys.blind_index.clone(),
+        }
     }
 
     /// The lookup index of a normalised email.
@@ -113,7 +134,8 @@ impl BlindIndex {
 
     fn digest(&self, purpose: &[u8], value: &str) -> [u8; 32] {
         #[allow(clippy::expect_used, reason = "HMAC accepts keys of any length")]
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.key.as_ref()).expect("HMAC takes any key length");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.key.as_ref())
+            .expect("HMAC takes any key length");
         // Domain separation: the same email gives unrelated values per purpose.
         mac.update(purpose);
         mac.update(&[0]);
@@ -139,12 +161,18 @@ mod tests {
         let sealer = PiiSealer::new(&ring).unwrap();
         let blob = sealer.seal(Field::Email, 7, "hanako@example.com").unwrap();
         assert!(!blob.windows(6).any(|w| w == b"hanako"));
-        assert_eq!(sealer.open(Field::Email, 7, &blob).unwrap(), "hanako@example.com");
+        assert_eq!(
+            sealer.open(Field::Email, 7, &blob).unwrap(),
+            "hanako@example.com"
+        );
         // Moved to another user or another column: refused.
         assert!(sealer.open(Field::Email, 8, &blob).is_err());
         assert!(sealer.open(Field::Phone, 7, &blob).is_err());
         // Random nonces: sealing twice differs.
-        assert_ne!(blob, sealer.seal(Field::Email, 7, "hanako@example.com").unwrap());
+        assert_ne!(
+            blob,
+            sealer.seal(Field::Email, 7, "hanako@example.com").unwrap()
+        );
     }
 
     #[test]
@@ -153,6 +181,9 @@ mod tests {
         let index = BlindIndex::new(&ring);
         assert_eq!(index.email("a@example.com"), index.email("a@example.com"));
         assert_ne!(index.email("a@example.com"), index.email("b@example.com"));
-        assert_ne!(index.email("a@example.com"), index.login_throttle("a@example.com"));
+        assert_ne!(
+            index.email("a@example.com"),
+            index.login_throttle("a@example.com")
+        );
     }
 }

@@ -53,7 +53,9 @@ impl TokenSigner {
             newest = Some((kid.clone(), signing));
         }
         let (kid, signing) = newest.context("no signing key")?;
-        let der = signing.to_pkcs8_der().map_err(|e| anyhow::anyhow!("encoding signing key: {e}"))?;
+        let der = signing
+            .to_pkcs8_der()
+            .map_err(|e| anyhow::anyhow!("encoding signing key: {e}"))?;
         let key = EncodingKey::from_ed_der(der.as_bytes());
         Ok(Self { kid, key, public })
     }

@@ -27,7 +27,10 @@ impl ManualClock {
     }
 
     pub fn advance(&self, by: std::time::Duration) {
-        self.0.fetch_add(i64::try_from(by.as_millis()).unwrap_or(i64::MAX), Ordering::SeqCst);
+        self.0.fetch_add(
+            i64::try_from(by.as_millis()).unwrap_or(i64::MAX),
+            Ordering::SeqCst,
+        );
     }
 }
 

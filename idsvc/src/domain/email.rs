@@ -25,7 +25,10 @@ impl Email {
             return Err(Error::invalid("email", "is not an email address"));
         };
         if local.len() > MAX_LOCAL_OCTETS {
-            return Err(Error::invalid("email", "local part is longer than 64 octets"));
+            return Err(Error::invalid(
+                "email",
+                "local part is longer than 64 octets",
+            ));
         }
         if !email_address::EmailAddress::is_valid(&normalised) {
             return Err(Error::invalid("email", "is not an email address"));
@@ -83,7 +86,14 @@ mod tests {
 
     #[test]
     fn rejects_non_addresses() {
-        for bad in ["", "   ", "no-at-sign", "@example.com", "a@", "a b@example.com"] {
+        for bad in [
+            "",
+            "   ",
+            "no-at-sign",
+            "@example.com",
+            "a@",
+            "a b@example.com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

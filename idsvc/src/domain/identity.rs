@@ -61,6 +61,15 @@ pub struct TokenPair {
     pub expires_in: Duration,
 }
 
+// Tokens are secrets: never printed.
+impl std::fmt::Debug for TokenPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenPair")
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A change to "me". Email and password changes need the current password.
 #[derive(Default)]
 pub struct UserChanges {
@@ -135,7 +144,12 @@ impl IdentityService {
         let hash = self.hash(password).await?;
         let now = self.clock.now_ms();
         let seal = |id| self.seal(id, &email, phone.as_ref());
-        let new = NewUser { email_index: &index, password_hash: &hash, version: now, now };
+        let new = NewUser {
+            email_index: &index,
+            password_hash: &hash,
+            version: now,
+            now,
+        };
         let row = self.store.create_user(new, &seal).await?;
         info!(user_id = row.id, email = %email.masked(), "member registered");
         self.user_from(&row)
@@ -144,8 +158,14 @@ impl IdentityService {
     pub async fn login(&self, email: &str, password: &str) -> Result<TokenPair> {
         let email = Email::parse(email).map_err(|_| Error::InvalidCredentials)?;
         let throttle_key = self.index.login_throttle(email.as_str());
-        self.policy.throttle.begin_attempt(&*self.store, &*self.clock, &throttle_key).await?;
-        let user = self.store.user_by_email_index(&self.index.email(email.as_str())).await?;
+        self.policy
+            .throttle
+            .begin_attempt(&*self.store, &*self.clock, &throttle_key)
+            .await?;
+        let user = self
+            .store
+            .user_by_email_index(&self.index.email(email.as_str()))
+            .await?;
         // Unknown email and wrong password do the same work and say the same.
         let verification = match reject_oversized(password) {
             Ok(()) => {
@@ -157,7 +177,10 @@ impl IdentityService {
         let Some(user) = user.filter(|_| verification.matched()) else {
             return Err(Error::InvalidCredentials);
         };
-        self.policy.throttle.succeeded(&*self.store, &throttle_key).await?;
+        self.policy
+            .throttle
+            .succeeded(&*self.store, &throttle_key)
+            .await?;
         if verification == Verification::MatchNeedsRehash {
             self.upgrade_hash(&user, password).await;
         }
@@ -182,11 +205,22 @@ impl IdentityService {
             )
             .await?;
         match outcome {
-            RotateOutcome::Rotated { user_id, session_id } => self.token_pair(user_id, &session_id, next, now),
-            RotateOutcome::Reused { user_id, session_id } => {
+            RotateOutcome::Rotated {
+                user_id,
+                session_id,
+            } => self.token_pair(user_id, &session_id, next, now),
+            RotateOutcome::Reused {
+                user_id,
+                session_id,
+            } => {
                 warn!(user_id, session_id, "refresh token reused: session revoked");
                 self.store
-                    .record_security_event("refresh_token_reuse", Some(user_id), &format!("session {session_id} revoked"), now)
+                    .record_security_event(
+                        "refresh_token_reuse",
+                        Some(user_id),
+                        &format!("session {session_id} revoked"),
+                        now,
+                    )
                     .await?;
                 Err(Error::InvalidToken)
             }
@@ -201,7 +235,11 @@ impl IdentityService {
             return Ok(());
         }
         let now = self.clock.now_ms();
-        if let Some(user_id) = self.store.revoke_session_of(&tokens::refresh_token_hash(refresh_token), now).await? {
+        if let Some(user_id) = self
+            .store
+            .revoke_session_of(&tokens::refresh_token_hash(refresh_token), now)
+            .await?
+        {
             info!(user_id, "session revoked");
         }
         Ok(())
@@ -231,10 +269,12 @@ impl IdentityService {
             })
             .transpose()?;
         if email.is_some() || password.is_some() {
-            let confirm = changes
-                .current_password
-                .as_deref()
-                .ok_or_else(|| Error::invalid("current_password", "is required to change email or password"))?;
+            let confirm = changes.current_password.as_deref().ok_or_else(|| {
+                Error::invalid(
+                    "current_password",
+                    "is required to change email or password",
+                )
+            })?;
             self.confirm_password(&row, &current.email, confirm).await?;
         }
         let now = self.clock.now_ms();
@@ -246,7 +286,9 @@ impl IdentityService {
         if let Some(password) = password {
             next.password_hash = self.hash(password).await?;
         }
-        let sealed = self.seal(row.id, &final_email, phone.as_ref()).map_err(Error::internal)?;
+        let sealed = self
+            .seal(row.id, &final_email, phone.as_ref())
+            .map_err(Error::internal)?;
         next.email_sealed = sealed.email_sealed;
         next.phone_sealed = sealed.phone_sealed;
         next.version = next_version(row.version, now);
@@ -255,8 +297,14 @@ impl IdentityService {
             return Err(Error::Conflict("the account changed meanwhile; try again"));
         }
         if password_changed {
-            let revoked = self.store.revoke_sessions(row.id, Some(&principal.session_id), now).await?;
-            info!(user_id = row.id, revoked, "password changed; other sessions revoked");
+            let revoked = self
+                .store
+                .revoke_sessions(row.id, Some(&principal.session_id), now)
+                .await?;
+            info!(
+                user_id = row.id,
+                revoked, "password changed; other sessions revoked"
+            );
         }
         self.user_from(&next)
     }
@@ -265,9 +313,12 @@ impl IdentityService {
     pub async fn withdraw(&self, principal: &Principal, current_password: &str) -> Result<()> {
         let row = self.session_user(principal).await?;
         let email = self.user_from(&row)?.email;
-        self.confirm_password(&row, &email, current_password).await?;
+        self.confirm_password(&row, &email, current_password)
+            .await?;
         let now = self.clock.now_ms();
-        self.store.delete_user(row.id, next_version(row.version, now), now).await?;
+        self.store
+            .delete_user(row.id, next_version(row.version, now), now)
+            .await?;
         info!(user_id = row.id, "member withdrew");
         Ok(())
     }
@@ -280,9 +331,16 @@ impl IdentityService {
     pub async fn upsert_legacy(&self, legacy: LegacyUser) -> Result<(UpsertOutcome, i64)> {
         validate_legacy_ids(legacy.id, legacy.version)?;
         let email = Email::parse(&legacy.email)?;
-        let phone = legacy.phone.as_deref().filter(|p| !p.trim().is_empty()).map(Phone::parse).transpose()?;
+        let phone = legacy
+            .phone
+            .as_deref()
+            .filter(|p| !p.trim().is_empty())
+            .map(Phone::parse)
+            .transpose()?;
         check_password_hash(&legacy.password_hash)?;
-        let sealed = self.seal(legacy.id, &email, phone.as_ref()).map_err(Error::internal)?;
+        let sealed = self
+            .seal(legacy.id, &email, phone.as_ref())
+            .map_err(Error::internal)?;
         let now = self.clock.now_ms();
         let row = UserRow {
             id: legacy.id,
@@ -323,9 +381,16 @@ impl IdentityService {
     /// throttle as logins so a stolen access token cannot guess it.
     async fn confirm_password(&self, row: &UserRow, email: &Email, password: &str) -> Result<()> {
         let key = self.index.login_throttle(email.as_str());
-        self.policy.throttle.begin_attempt(&*self.store, &*self.clock, &key).await?;
+        self.policy
+            .throttle
+            .begin_attempt(&*self.store, &*self.clock, &key)
+            .await?;
         reject_oversized(password).map_err(|_| Error::WrongCurrentPassword)?;
-        if !self.verify(password, row.password_hash.clone()).await?.matched() {
+        if !self
+            .verify(password, row.password_hash.clone())
+            .await?
+            .matched()
+        {
             return Err(Error::WrongCurrentPassword);
         }
         self.policy.throttle.succeeded(&*self.store, &key).await
@@ -345,7 +410,13 @@ impl IdentityService {
         self.token_pair(user_id, &session_id, refresh, now)
     }
 
-    fn token_pair(&self, user_id: UserId, session_id: &str, refresh_token: String, now: Millis) -> Result<TokenPair> {
+    fn token_pair(
+        &self,
+        user_id: UserId,
+        session_id: &str,
+        refresh_token: String,
+        now: Millis,
+    ) -> Result<TokenPair> {
         let iat = now / 1000;
         let claims = AccessClaims {
             iss: ISSUER.to_owned(),
@@ -365,11 +436,22 @@ impl IdentityService {
     /// Stores a fresh argon2id hash after a login with outdated parameters or a
     /// legacy scheme. Best effort: the login succeeds either way.
     async fn upgrade_hash(&self, user: &UserRow, password: &str) {
-        let Ok(Ok(hash)) = self.hashing.hash(Zeroizing::new(Password::normalise(password).expose().to_owned())).await else {
+        let Ok(Ok(hash)) = self
+            .hashing
+            .hash(Zeroizing::new(
+                Password::normalise(password).expose().to_owned(),
+            ))
+            .await
+        else {
             return;
         };
         let now = self.clock.now_ms();
-        let next = UserRow { password_hash: hash, version: next_version(user.version, now), updated_at: now, ..user.clone() };
+        let next = UserRow {
+            password_hash: hash,
+            version: next_version(user.version, now),
+            updated_at: now,
+            ..user.clone()
+        };
         match self.store.update_user(&next, user.version).await {
             Ok(true) => metrics::counter!("idbase_password_rehash_total").increment(1),
             Ok(false) => {}
@@ -378,24 +460,36 @@ impl IdentityService {
     }
 
     async fn hash(&self, password: Password) -> Result<String> {
-        let hashed = self.hashing.hash(Zeroizing::new(password.expose().to_owned())).await.map_err(overloaded)?;
+        let hashed = self
+            .hashing
+            .hash(Zeroizing::new(password.expose().to_owned()))
+            .await
+            .map_err(overloaded)?;
         hashed.map_err(Error::internal)
     }
 
     async fn verify(&self, password: &str, stored: String) -> Result<Verification> {
         let password = Zeroizing::new(Password::normalise(password).expose().to_owned());
-        self.hashing.verify(password, stored).await.map_err(overloaded)
+        self.hashing
+            .verify(password, stored)
+            .await
+            .map_err(overloaded)
     }
 
     fn seal(&self, id: UserId, email: &Email, phone: Option<&Phone>) -> anyhow::Result<SealedPii> {
         Ok(SealedPii {
             email_sealed: self.sealer.seal(Field::Email, id, email.as_str())?,
-            phone_sealed: phone.map(|p| self.sealer.seal(Field::Phone, id, p.as_str())).transpose()?,
+            phone_sealed: phone
+                .map(|p| self.sealer.seal(Field::Phone, id, p.as_str()))
+                .transpose()?,
         })
     }
 
     fn user_from(&self, row: &UserRow) -> Result<User> {
-        let email = self.sealer.open(Field::Email, row.id, &row.email_sealed).map_err(Error::internal)?;
+        let email = self
+            .sealer
+            .open(Field::Email, row.id, &row.email_sealed)
+            .map_err(Error::internal)?;
         let phone = row
             .phone_sealed
             .as_deref()
@@ -433,13 +527,18 @@ fn check_password_hash(hash: &str) -> Result<()> {
     let parsed = argon2::password_hash::PasswordHash::new(hash)
         .map_err(|_| Error::invalid("password_hash", "is not a PHC string"))?;
     if parsed.algorithm != argon2::ARGON2ID_IDENT && parsed.algorithm != argon2::ARGON2I_IDENT {
-        return Err(Error::invalid("password_hash", "uses an unsupported scheme"));
+        return Err(Error::invalid(
+            "password_hash",
+            "uses an unsupported scheme",
+        ));
     }
     Ok(())
 }
 
 fn overloaded(_: PoolFull) -> Error {
-    Error::Overloaded { retry_after_secs: 1 }
+    Error::Overloaded {
+        retry_after_secs: 1,
+    }
 }
 
 fn millis(d: Duration) -> Millis {

@@ -96,7 +96,11 @@ mod tests {
 
     #[test]
     fn list_is_large() {
-        assert!(COMMON_PASSWORDS.len() >= 10_000, "{}", COMMON_PASSWORDS.len());
+        assert!(
+            COMMON_PASSWORDS.len() >= 10_000,
+            "{}",
+            COMMON_PASSWORDS.len()
+        );
     }
 
     #[test]

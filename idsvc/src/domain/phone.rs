@@ -37,7 +37,15 @@ impl Phone {
 
 impl std::fmt::Debug for Phone {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let tail: String = self.0.chars().rev().take(2).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = self
+            .0
+            .chars()
+            .rev()
+            .take(2)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         write!(f, "Phone(***{tail})")
     }
 }
@@ -48,13 +56,22 @@ mod tests {
 
     #[test]
     fn national_numbers_default_to_japan() {
-        assert_eq!(Phone::parse("090-1234-5678").unwrap().as_str(), "+819012345678");
-        assert_eq!(Phone::parse("03 1234 5678").unwrap().as_str(), "+81312345678");
+        assert_eq!(
+            Phone::parse("090-1234-5678").unwrap().as_str(),
+            "+819012345678"
+        );
+        assert_eq!(
+            Phone::parse("03 1234 5678").unwrap().as_str(),
+            "+81312345678"
+        );
     }
 
     #[test]
     fn international_numbers_keep_their_country() {
-        assert_eq!(Phone::parse("+1 650-253-0000").unwrap().as_str(), "+16502530000");
+        assert_eq!(
+            Phone::parse("+1 650-253-0000").unwrap().as_str(),
+            "+16502530000"
+        );
     }
 
     #[test]

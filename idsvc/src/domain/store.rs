@@ -77,10 +77,16 @@ pub struct NewRefreshToken<'a> {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum RotateOutcome {
-    Rotated { user_id: UserId, session_id: String },
+    Rotated {
+        user_id: UserId,
+        session_id: String,
+    },
     /// An already-rotated token came back outside the grace window: the whole
     /// session (token family) is now revoked.
-    Reused { user_id: UserId, session_id: String },
+    Reused {
+        user_id: UserId,
+        session_id: String,
+    },
     /// Unknown, expired or revoked.
     Invalid,
 }
@@ -125,7 +131,12 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes the session the token belongs to; its owner if there was one.
     async fn revoke_session_of(&self, token: &[u8], now: Millis) -> StoreResult<Option<UserId>>;
     /// Revokes every live session of the user except `keep`.
-    async fn revoke_sessions(&self, user_id: UserId, keep: Option<&str>, now: Millis) -> StoreResult<u64>;
+    async fn revoke_sessions(
+        &self,
+        user_id: UserId,
+        keep: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<u64>;
 
     async fn throttle(&self, key: &[u8]) -> StoreResult<Option<ThrottleState>>;
     /// Compare-and-swap of a throttle row: `expected` None means "absent".

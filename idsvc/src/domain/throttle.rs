@@ -38,22 +38,36 @@ const CAS_ATTEMPTS: usize = 8;
 
 impl ThrottlePolicy {
     /// Counts an attempt for `key`, or refuses it while the key is locked.
-    pub async fn begin_attempt(&self, store: &dyn Store, clock: &dyn Clock, key: &[u8]) -> Result<()> {
+    pub async fn begin_attempt(
+        &self,
+        store: &dyn Store,
+        clock: &dyn Clock,
+        key: &[u8],
+    ) -> Result<()> {
         for _ in 0..CAS_ATTEMPTS {
             let now = clock.now_ms();
             let stored = store.throttle(key).await?;
-            let live = stored.filter(|s| s.updated_at >= now - millis(self.reset_after) || s.locked_until > now);
+            let live = stored
+                .filter(|s| s.updated_at >= now - millis(self.reset_after) || s.locked_until > now);
             if let Some(state) = live.filter(|s| s.locked_until > now) {
-                return Err(Error::Throttled { retry_after_secs: retry_after(state.locked_until - now) });
+                return Err(Error::Throttled {
+                    retry_after_secs: retry_after(state.locked_until - now),
+                });
             }
             let failures = live.map_or(0, |s| s.failures) + 1;
-            let next = ThrottleState { failures, locked_until: self.lock_until(failures, now), updated_at: now };
+            let next = ThrottleState {
+                failures,
+                locked_until: self.lock_until(failures, now),
+                updated_at: now,
+            };
             if store.swap_throttle(key, stored, next).await? {
                 return Ok(());
             }
         }
         // Heavy contention on one key is itself a sign of an attack.
-        Err(Error::Throttled { retry_after_secs: 1 })
+        Err(Error::Throttled {
+            retry_after_secs: 1,
+        })
     }
 
     /// A successful attempt clears the count.
@@ -67,8 +81,13 @@ impl ThrottlePolicy {
         if failures < self.limit {
             return 0;
         }
-        let doublings = u32::try_from(failures - self.limit).unwrap_or(u32::MAX).min(30);
-        let lock = self.base_lock.saturating_mul(1u32 << doublings).min(self.max_lock);
+        let doublings = u32::try_from(failures - self.limit)
+            .unwrap_or(u32::MAX)
+            .min(30);
+        let lock = self
+            .base_lock
+            .saturating_mul(1u32 << doublings)
+            .min(self.max_lock);
         now + millis(lock)
     }
 

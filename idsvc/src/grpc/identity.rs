@@ -48,34 +48,64 @@ fn token_pair(pair: domain::TokenPair) -> pb::TokenPair {
 
 fn principal(principal: Option<pb::Principal>) -> Result<Principal, Status> {
     let principal = principal.ok_or_else(|| Status::invalid_argument("principal is required"))?;
-    Ok(Principal { user_id: principal.user_id, session_id: principal.session_id })
+    Ok(Principal {
+        user_id: principal.user_id,
+        session_id: principal.session_id,
+    })
 }
 
 #[tonic::async_trait]
 impl Identity for IdentityGrpc {
-    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::User>, Status> {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::User>, Status> {
         let span = span(&request, "register");
         let r = request.into_inner();
-        let registered = self.service.register(&r.email, &r.password, r.phone.as_deref()).instrument(span).await?;
+        let registered = self
+            .service
+            .register(&r.email, &r.password, r.phone.as_deref())
+            .instrument(span)
+            .await?;
         Ok(Response::new(user(registered)))
     }
 
-    async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::TokenPair>, Status> {
+    async fn login(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::TokenPair>, Status> {
         let span = span(&request, "login");
         let r = request.into_inner();
-        let pair = self.service.login(&r.email, &r.password).instrument(span).await?;
+        let pair = self
+            .service
+            .login(&r.email, &r.password)
+            .instrument(span)
+            .await?;
         Ok(Response::new(token_pair(pair)))
     }
 
-    async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Result<Response<pb::TokenPair>, Status> {
+    async fn refresh(
+        &self,
+        request: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::TokenPair>, Status> {
         let span = span(&request, "refresh");
-        let pair = self.service.refresh(&request.into_inner().refresh_token).instrument(span).await?;
+        let pair = self
+            .service
+            .refresh(&request.into_inner().refresh_token)
+            .instrument(span)
+            .await?;
         Ok(Response::new(token_pair(pair)))
     }
 
-    async fn revoke(&self, request: Request<pb::RevokeRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let span = span(&request, "revoke");
-        self.service.revoke(&request.into_inner().refresh_token).instrument(span).await?;
+        self.service
+            .revoke(&request.into_inner().refresh_token)
+            .instrument(span)
+            .await?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -86,7 +116,10 @@ impl Identity for IdentityGrpc {
         Ok(Response::new(user(me)))
     }
 
-    async fn update_me(&self, request: Request<pb::UpdateMeRequest>) -> Result<Response<pb::User>, Status> {
+    async fn update_me(
+        &self,
+        request: Request<pb::UpdateMeRequest>,
+    ) -> Result<Response<pb::User>, Status> {
         let span = span(&request, "update_me");
         let r = request.into_inner();
         let principal = principal(r.principal)?;
@@ -96,15 +129,25 @@ impl Identity for IdentityGrpc {
             password: r.password,
             current_password: r.current_password,
         };
-        let updated = self.service.update_me(&principal, changes).instrument(span).await?;
+        let updated = self
+            .service
+            .update_me(&principal, changes)
+            .instrument(span)
+            .await?;
         Ok(Response::new(user(updated)))
     }
 
-    async fn withdraw(&self, request: Request<pb::WithdrawRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn withdraw(
+        &self,
+        request: Request<pb::WithdrawRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let span = span(&request, "withdraw");
         let r = request.into_inner();
         let principal = principal(r.principal)?;
-        self.service.withdraw(&principal, &r.current_password).instrument(span).await?;
+        self.service
+            .withdraw(&principal, &r.current_password)
+            .instrument(span)
+            .await?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -113,7 +156,10 @@ impl Identity for IdentityGrpc {
             .service
             .public_keys()
             .iter()
-            .map(|key| pb::Jwk { kid: key.kid.clone(), x: key.x.clone() })
+            .map(|key| pb::Jwk {
+                kid: key.kid.clone(),
+                x: key.x.clone(),
+            })
             .collect();
         Ok(Response::new(pb::Jwks { keys }))
     }
@@ -138,13 +184,23 @@ impl Identity for IdentityGrpc {
             UpsertOutcome::Unchanged => pb::UpsertOutcome::Unchanged,
             UpsertOutcome::Stale => pb::UpsertOutcome::Stale,
         };
-        Ok(Response::new(pb::UpsertLegacyUserResponse { outcome: outcome.into(), id: r.id, version }))
+        Ok(Response::new(pb::UpsertLegacyUserResponse {
+            outcome: outcome.into(),
+            id: r.id,
+            version,
+        }))
     }
 
-    async fn delete_legacy_user(&self, request: Request<pb::DeleteLegacyUserRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn delete_legacy_user(
+        &self,
+        request: Request<pb::DeleteLegacyUserRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let span = span(&request, "delete_legacy_user");
         let r = request.into_inner();
-        self.service.delete_legacy(r.id, r.version).instrument(span).await?;
+        self.service
+            .delete_legacy(r.id, r.version)
+            .instrument(span)
+            .await?;
         Ok(Response::new(pb::Empty {}))
     }
 }

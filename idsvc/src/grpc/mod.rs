@@ -30,7 +30,9 @@ pub async fn serve_identity(
     let drain = async move {
         stopping.cancelled().await;
         // Tell load balancers first, so new calls go elsewhere while we drain.
-        health.set_not_serving::<IdentityServer<IdentityGrpc>>().await;
+        health
+            .set_not_serving::<IdentityServer<IdentityGrpc>>()
+            .await;
     };
     Server::builder()
         .add_service(health_service)

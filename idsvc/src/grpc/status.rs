@@ -21,8 +21,16 @@ impl From<Error> for Status {
             Error::InvalidToken => (Code::Unauthenticated, "invalid-token", None),
             Error::WrongCurrentPassword => (Code::PermissionDenied, "wrong-current-password", None),
             Error::NotFound => (Code::NotFound, "not-found", None),
-            Error::Throttled { retry_after_secs } => (Code::ResourceExhausted, "throttled", Some(*retry_after_secs)),
-            Error::Overloaded { retry_after_secs } => (Code::ResourceExhausted, "overloaded", Some(*retry_after_secs)),
+            Error::Throttled { retry_after_secs } => (
+                Code::ResourceExhausted,
+                "throttled",
+                Some(*retry_after_secs),
+            ),
+            Error::Overloaded { retry_after_secs } => (
+                Code::ResourceExhausted,
+                "overloaded",
+                Some(*retry_after_secs),
+            ),
             Error::Internal(cause) => {
                 error!(cause = format!("{cause:#}"), "internal error");
                 (Code::Internal, "internal", None)

@@ -15,7 +15,8 @@ use tokio::sync::{Mutex, MutexGuard};
 /// How often a transaction that lost a deadlock is run again.
 const RETRIES: usize = 5;
 
-const USER_COLUMNS: &str = "id, email_sealed, email_index, phone_sealed, password_hash, version, created_at, updated_at";
+const USER_COLUMNS: &str =
+    "id, email_sealed, email_index, phone_sealed, password_hash, version, created_at, updated_at";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
@@ -132,7 +133,11 @@ impl SqlStore {
         }
     }
 
-    async fn user_where(&self, condition: &str, bind: impl FnOnce(AnyQuery<'_>) -> AnyQuery<'_>) -> StoreResult<Option<UserRow>> {
+    async fn user_where(
+        &self,
+        condition: &str,
+        bind: impl FnOnce(AnyQuery<'_>) -> AnyQuery<'_>,
+    ) -> StoreResult<Option<UserRow>> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE {condition}");
         let row = bind(sqlx::query(&sql)).fetch_optional(&self.pool).await?;
         row.as_ref().map(user_row).transpose().map_err(Into::into)
@@ -182,7 +187,11 @@ async fn insert_user_row(conn: &mut AnyConnection, row: &UserRow) -> Result<(), 
     .map(drop)
 }
 
-async fn update_user_row(conn: &mut AnyConnection, row: &UserRow, expected_version: i64) -> Result<bool, sqlx::Error> {
+async fn update_user_row(
+    conn: &mut AnyConnection,
+    row: &UserRow,
+    expected_version: i64,
+) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE users SET email_sealed = ?, email_index = ?, phone_sealed = ?, password_hash = ?, \
          version = ?, updated_at = ? WHERE id = ? AND version = ?",
@@ -200,7 +209,12 @@ async fn update_user_row(conn: &mut AnyConnection, row: &UserRow, expected_versi
     Ok(done.rows_affected() == 1)
 }
 
-async fn revoke_all_sessions(conn: &mut AnyConnection, user_id: UserId, keep: Option<&str>, now: Millis) -> Result<u64, sqlx::Error> {
+async fn revoke_all_sessions(
+    conn: &mut AnyConnection,
+    user_id: UserId,
+    keep: Option<&str>,
+    now: Millis,
+) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL AND id <> ?",
     )
@@ -212,7 +226,11 @@ async fn revoke_all_sessions(conn: &mut AnyConnection, user_id: UserId, keep: Op
     Ok(done.rows_affected())
 }
 
-async fn insert_refresh_token(conn: &mut AnyConnection, token: &NewRefreshToken<'_>, now: Millis) -> Result<(), sqlx::Error> {
+async fn insert_refresh_token(
+    conn: &mut AnyConnection,
+    token: &NewRefreshToken<'_>,
+    now: Millis,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO refresh_tokens (hash, session_id, user_id, expires_at, created_at) VALUES (?, ?, ?, ?, ?)",
     )
@@ -245,7 +263,7 @@ macro_rules! transaction {
                     if attempt < RETRIES
                         && err.downcast_ref::<sqlx::Error>().is_some_and(is_retryable) =>
                 {
-                    continue
+                    continue;
                 }
                 Err(err) => break Err(err),
             }
@@ -330,10 +348,12 @@ impl Store for SqlStore {
     async fn delete_user(&self, id: UserId, version: i64, now: Millis) -> StoreResult<bool> {
         let for_update = self.dialect.for_update();
         transaction!(self, |tx| {
-            let stored: Option<i64> = sqlx::query_scalar(&format!("SELECT version FROM users WHERE id = ?{for_update}"))
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let stored: Option<i64> = sqlx::query_scalar(&format!(
+                "SELECT version FROM users WHERE id = ?{for_update}"
+            ))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
             if stored.is_some_and(|stored| stored > version) {
                 // The user changed after this deletion was issued: it is stale.
                 return Ok(false);
@@ -347,7 +367,10 @@ impl Store for SqlStore {
             if stored.is_none() {
                 return Ok(false);
             }
-            sqlx::query("DELETE FROM users WHERE id = ?").bind(id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM users WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
             revoke_all_sessions(&mut tx, id, None, now).await?;
             Ok(true)
         })
@@ -369,11 +392,12 @@ impl Store for SqlStore {
     async fn upsert_legacy(&self, row: &UserRow) -> StoreResult<(UpsertOutcome, i64)> {
         let for_update = self.dialect.for_update();
         transaction!(self, |tx| {
-            let tombstone: Option<i64> =
-                sqlx::query_scalar(&format!("SELECT version FROM tombstones WHERE id = ?{for_update}"))
-                    .bind(row.id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let tombstone: Option<i64> = sqlx::query_scalar(&format!(
+                "SELECT version FROM tombstones WHERE id = ?{for_update}"
+            ))
+            .bind(row.id)
+            .fetch_optional(&mut *tx)
+            .await?;
             if let Some(deleted) = tombstone.filter(|&deleted| deleted >= row.version) {
                 return Ok((UpsertOutcome::Stale, deleted));
             }
@@ -385,14 +409,23 @@ impl Store for SqlStore {
             .await?;
             match stored {
                 Some((stored, _)) if stored > row.version => Ok((UpsertOutcome::Stale, stored)),
-                Some((stored, _)) if stored == row.version => Ok((UpsertOutcome::Unchanged, stored)),
+                Some((stored, _)) if stored == row.version => {
+                    Ok((UpsertOutcome::Unchanged, stored))
+                }
                 Some((stored, created_at)) => {
-                    let update = UserRow { created_at, ..row.clone() };
-                    update_user_row(&mut tx, &update, stored).await.map_err(unique_as_email_taken)?;
+                    let update = UserRow {
+                        created_at,
+                        ..row.clone()
+                    };
+                    update_user_row(&mut tx, &update, stored)
+                        .await
+                        .map_err(unique_as_email_taken)?;
                     Ok((UpsertOutcome::Updated, row.version))
                 }
                 None => {
-                    insert_user_row(&mut tx, row).await.map_err(unique_as_email_taken)?;
+                    insert_user_row(&mut tx, row)
+                        .await
+                        .map_err(unique_as_email_taken)?;
                     Ok((UpsertOutcome::Created, row.version))
                 }
             }
@@ -426,7 +459,11 @@ impl Store for SqlStore {
              FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id WHERE t.hash = ?{for_update}"
         );
         transaction!(self, |tx| {
-            let Some(token) = sqlx::query(&token_sql).bind(presented).fetch_optional(&mut *tx).await? else {
+            let Some(token) = sqlx::query(&token_sql)
+                .bind(presented)
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
                 return Ok(RotateOutcome::Invalid);
             };
             let session_id: String = token.try_get("session_id")?;
@@ -447,7 +484,12 @@ impl Store for SqlStore {
             let retire = "UPDATE refresh_tokens SET replaced_by = ?, rotated_at = COALESCE(rotated_at, ?) WHERE hash = ?";
             match replaced_by {
                 None => {
-                    sqlx::query(retire).bind(next).bind(now).bind(presented).execute(&mut *tx).await?;
+                    sqlx::query(retire)
+                        .bind(next)
+                        .bind(now)
+                        .bind(presented)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 Some(child) => {
                     let child_replaced: Option<Option<Vec<u8>>> = sqlx::query_scalar(&format!(
@@ -464,11 +506,19 @@ impl Store for SqlStore {
                             .bind(&session_id)
                             .execute(&mut *tx)
                             .await?;
-                        return Ok(RotateOutcome::Reused { user_id, session_id });
+                        return Ok(RotateOutcome::Reused {
+                            user_id,
+                            session_id,
+                        });
                     }
                     // The parent came back within the grace window (the client
                     // missed our answer): the unused child is superseded.
-                    sqlx::query(retire).bind(next).bind(now).bind(&child).execute(&mut *tx).await?;
+                    sqlx::query(retire)
+                        .bind(next)
+                        .bind(now)
+                        .bind(&child)
+                        .execute(&mut *tx)
+                        .await?;
                     sqlx::query("UPDATE refresh_tokens SET replaced_by = ? WHERE hash = ?")
                         .bind(next)
                         .bind(presented)
@@ -477,7 +527,10 @@ impl Store for SqlStore {
                 }
             }
             insert_refresh_token(&mut tx, &new_token, now).await?;
-            Ok(RotateOutcome::Rotated { user_id, session_id: session_id.clone() })
+            Ok(RotateOutcome::Rotated {
+                user_id,
+                session_id: session_id.clone(),
+            })
         })
     }
 
@@ -488,7 +541,9 @@ impl Store for SqlStore {
                     .bind(token)
                     .fetch_optional(&mut *tx)
                     .await?;
-            let Some((session_id, user_id)) = found else { return Ok(None) };
+            let Some((session_id, user_id)) = found else {
+                return Ok(None);
+            };
             sqlx::query("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
                 .bind(now)
                 .bind(&session_id)
@@ -498,7 +553,12 @@ impl Store for SqlStore {
         })
     }
 
-    async fn revoke_sessions(&self, user_id: UserId, keep: Option<&str>, now: Millis) -> StoreResult<u64> {
+    async fn revoke_sessions(
+        &self,
+        user_id: UserId,
+        keep: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<u64> {
         let _writer = self.writer().await;
         let mut conn = self.pool.acquire().await?;
         Ok(revoke_all_sessions(&mut conn, user_id, keep, now).await?)
@@ -511,14 +571,21 @@ impl Store for SqlStore {
         .bind(key)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(found.map(|(failures, locked_until, updated_at)| ThrottleState {
-            failures,
-            locked_until,
-            updated_at,
-        }))
+        Ok(
+            found.map(|(failures, locked_until, updated_at)| ThrottleState {
+                failures,
+                locked_until,
+                updated_at,
+            }),
+        )
     }
 
-    async fn swap_throttle(&self, key: &[u8], expected: Option<ThrottleState>, next: ThrottleState) -> StoreResult<bool> {
+    async fn swap_throttle(
+        &self,
+        key: &[u8],
+        expected: Option<ThrottleState>,
+        next: ThrottleState,
+    ) -> StoreResult<bool> {
         let _writer = self.writer().await;
         let done = match expected {
             None => {
@@ -564,15 +631,22 @@ impl Store for SqlStore {
 
     async fn purge_throttle(&self, before: Millis) -> StoreResult<u64> {
         let _writer = self.writer().await;
-        let done = sqlx::query("DELETE FROM login_throttle WHERE updated_at < ? AND locked_until < ?")
-            .bind(before)
-            .bind(before)
-            .execute(&self.pool)
-            .await?;
+        let done =
+            sqlx::query("DELETE FROM login_throttle WHERE updated_at < ? AND locked_until < ?")
+                .bind(before)
+                .bind(before)
+                .execute(&self.pool)
+                .await?;
         Ok(done.rows_affected())
     }
 
-    async fn record_security_event(&self, kind: &str, user_id: Option<UserId>, detail: &str, now: Millis) -> StoreResult<()> {
+    async fn record_security_event(
+        &self,
+        kind: &str,
+        user_id: Option<UserId>,
+        detail: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
         let _writer = self.writer().await;
         sqlx::query("INSERT INTO security_events (at, kind, user_id, detail) VALUES (?, ?, ?, ?)")
             .bind(now)
@@ -593,7 +667,12 @@ impl Store for SqlStore {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(at, kind, user_id, detail)| SecurityEvent { at, kind, user_id, detail })
+            .map(|(at, kind, user_id, detail)| SecurityEvent {
+                at,
+                kind,
+                user_id,
+                detail,
+            })
             .collect())
     }
 }

@@ -1,0 +1,587 @@
+//! The same behaviour on every backend.
+
+use crate::harness::{Backend, Harness};
+use idsvc::domain::{
+    Error, LegacyUser, Policy, Principal, ThrottlePolicy, UpsertOutcome, UserChanges,
+};
+use jsonwebtoken::{DecodingKey, Validation};
+use sqlx::Row;
+use std::time::Duration;
+
+const PASSWORD: &str = "correct horse battery";
+
+/// Runs each listed test on SQLite and on MariaDB.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await })*
+        }
+        mod mysql {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::MySql).await })*
+        }
+    };
+}
+
+on_both_backends!(
+    register_normalises_and_refuses_duplicates,
+    login_is_uniform_for_unknown_email_and_wrong_password,
+    throttle_locks_and_backs_off_even_for_unknown_emails,
+    parallel_attempts_cannot_pass_the_limit,
+    refresh_rotates_with_grace_and_detects_reuse,
+    revoke_and_password_change_end_sessions,
+    withdraw_deletes_and_leaves_tombstone,
+    double_write_orders_by_version,
+    late_upsert_cannot_resurrect_deleted_user,
+    no_plaintext_personal_data_at_rest,
+    outdated_hash_is_upgraded_on_login,
+);
+
+fn principal_of(h: &Harness, access: &str) -> Principal {
+    let jwk = &h.service.public_keys()[0];
+    let key = DecodingKey::from_ed_components(&jwk.x).unwrap();
+    let mut validation = Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&["idbase"]);
+    validation.validate_exp = false;
+    let claims = jsonwebtoken::decode::<serde_json::Value>(access, &key, &validation)
+        .unwrap()
+        .claims;
+    Principal {
+        user_id: claims["sub"].as_str().unwrap().parse().unwrap(),
+        session_id: claims["sid"].as_str().unwrap().to_owned(),
+    }
+}
+
+async fn register_normalises_and_refuses_duplicates(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let user = h
+        .service
+        .register("  Hanako@Example.COM ", PASSWORD, Some("090-1234-5678"))
+        .await
+        .unwrap();
+    assert_eq!(user.email.as_str(), "hanako@example.com");
+    assert_eq!(user.phone.unwrap().as_str(), "+819012345678");
+    let again = h
+        .service
+        .register("HANAKO@example.com", "another good passphrase", None)
+        .await;
+    assert!(matches!(again, Err(Error::Conflict(_))), "{again:?}");
+    for (email, password) in [
+        ("not-an-email", PASSWORD),
+        ("a@example.com", "password"),
+        ("a@example.com", "short"),
+    ] {
+        let refused = h.service.register(email, password, None).await;
+        assert!(
+            matches!(refused, Err(Error::Invalid { .. })),
+            "{email} {password}: {refused:?}"
+        );
+    }
+}
+
+async fn login_is_uniform_for_unknown_email_and_wrong_password(backend: Backend) {
+    let h = Harness::new(backend).await;
+    h.service
+        .register("hanako@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    let wrong = h
+        .service
+        .login("hanako@example.com", "wrong horse battery")
+        .await
+        .err()
+        .unwrap();
+    let unknown = h
+        .service
+        .login("nobody@example.com", PASSWORD)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(wrong.to_string(), unknown.to_string());
+    assert!(matches!(wrong, Error::InvalidCredentials));
+    let pair = h
+        .service
+        .login("HANAKO@example.com ", PASSWORD)
+        .await
+        .unwrap();
+    assert_eq!(pair.expires_in, Duration::from_secs(900));
+    let me = h
+        .service
+        .me(&principal_of(&h, &pair.access_token))
+        .await
+        .unwrap();
+    assert_eq!(me.email.as_str(), "hanako@example.com");
+}
+
+async fn throttle_locks_and_backs_off_even_for_unknown_emails(backend: Backend) {
+    let policy = Policy {
+        throttle: ThrottlePolicy {
+            limit: 3,
+            ..ThrottlePolicy::default()
+        },
+        ..Policy::default()
+    };
+    let h = Harness::with_policy(backend, policy).await;
+    h.service
+        .register("hanako@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    for email in ["hanako@example.com", "nobody@example.com"] {
+        for _ in 0..3 {
+            assert!(matches!(
+                h.service.login(email, "wrong horse!").await,
+                Err(Error::InvalidCredentials)
+            ));
+        }
+        // Locked: even the right password waits.
+        let locked = h.service.login(email, PASSWORD).await;
+        assert!(
+            matches!(
+                locked,
+                Err(Error::Throttled {
+                    retry_after_secs: 1
+                })
+            ),
+            "{email}: {locked:?}"
+        );
+    }
+    h.clock.advance(Duration::from_secs(2));
+    // Another failure doubles the lock.
+    assert!(
+        h.service
+            .login("hanako@example.com", "wrong horse!")
+            .await
+            .is_err()
+    );
+    let locked = h.service.login("hanako@example.com", PASSWORD).await;
+    assert!(
+        matches!(
+            locked,
+            Err(Error::Throttled {
+                retry_after_secs: 2
+            })
+        ),
+        "{locked:?}"
+    );
+    h.clock.advance(Duration::from_secs(3));
+    h.service
+        .login("hanako@example.com", PASSWORD)
+        .await
+        .unwrap();
+    // Success cleared the count.
+    assert!(matches!(
+        h.service.login("hanako@example.com", "wrong horse!").await,
+        Err(Error::InvalidCredentials)
+    ));
+    // Expired rows are purged.
+    h.clock.advance(Duration::from_secs(25 * 3600));
+    assert!(h.service.purge_expired().await.unwrap() >= 1);
+}
+
+async fn parallel_attempts_cannot_pass_the_limit(backend: Backend) {
+    let policy = Policy {
+        throttle: ThrottlePolicy {
+            limit: 5,
+            ..ThrottlePolicy::default()
+        },
+        ..Policy::default()
+    };
+    let h = std::sync::Arc::new(Harness::with_policy(backend, policy).await);
+    h.service
+        .register("hanako@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    let attempts: Vec<_> = (0..40)
+        .map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move { h.service.login("hanako@example.com", "wrong horse!").await })
+        })
+        .collect();
+    let mut checked = 0;
+    for attempt in attempts {
+        if matches!(attempt.await.unwrap(), Err(Error::InvalidCredentials)) {
+            checked += 1;
+        }
+    }
+    assert!(
+        checked <= 5,
+        "{checked} passwords were checked past a limit of 5"
+    );
+}
+
+async fn refresh_rotates_with_grace_and_detects_reuse(backend: Backend) {
+    let h = Harness::new(backend).await;
+    h.service
+        .register("hanako@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    let first = h
+        .service
+        .login("hanako@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let second = h.service.refresh(&first.refresh_token).await.unwrap();
+    assert_ne!(second.refresh_token, first.refresh_token);
+    // The client missed our answer and retries with the parent: allowed once in the grace window.
+    h.clock.advance(Duration::from_secs(5));
+    let retried = h.service.refresh(&first.refresh_token).await.unwrap();
+    // The superseded child is no longer current: presenting it later is reuse.
+    let third = h.service.refresh(&retried.refresh_token).await.unwrap();
+    h.clock.advance(Duration::from_secs(60));
+    assert!(matches!(
+        h.service.refresh(&first.refresh_token).await,
+        Err(Error::InvalidToken)
+    ));
+    // Reuse revoked the whole family.
+    assert!(matches!(
+        h.service.refresh(&third.refresh_token).await,
+        Err(Error::InvalidToken)
+    ));
+    assert!(matches!(
+        h.service.me(&principal_of(&h, &third.access_token)).await,
+        Err(Error::InvalidToken)
+    ));
+    let events = idsvc::domain::Store::security_events(&*h.store, 10)
+        .await
+        .unwrap();
+    assert!(events.iter().any(|e| e.kind == "refresh_token_reuse"));
+    assert!(matches!(
+        h.service.refresh("garbage").await,
+        Err(Error::InvalidToken)
+    ));
+    // Expired tokens are refused.
+    let fresh = h
+        .service
+        .login("hanako@example.com", PASSWORD)
+        .await
+        .unwrap();
+    h.clock.advance(Duration::from_secs(31 * 24 * 3600));
+    assert!(matches!(
+        h.service.refresh(&fresh.refresh_token).await,
+        Err(Error::InvalidToken)
+    ));
+}
+
+async fn revoke_and_password_change_end_sessions(backend: Backend) {
+    let h = Harness::new(backend).await;
+    h.service
+        .register("hanako@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    let phone = h
+        .service
+        .login("hanako@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let laptop = h
+        .service
+        .login("hanako@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let tablet = h
+        .service
+        .login("hanako@example.com", PASSWORD)
+        .await
+        .unwrap();
+    h.service.revoke(&tablet.refresh_token).await.unwrap();
+    assert!(h.service.refresh(&tablet.refresh_token).await.is_err());
+    h.service.revoke("never-issued").await.unwrap();
+
+    let me = principal_of(&h, &phone.access_token);
+    let no_confirmation = UserChanges {
+        password: Some("a new passphrase here".into()),
+        ..UserChanges::default()
+    };
+    assert!(matches!(
+        h.service.update_me(&me, no_confirmation).await,
+        Err(Error::Invalid { .. })
+    ));
+    let wrong = UserChanges {
+        password: Some("a new passphrase here".into()),
+        current_password: Some("not it at all".into()),
+        ..UserChanges::default()
+    };
+    assert!(matches!(
+        h.service.update_me(&me, wrong).await,
+        Err(Error::WrongCurrentPassword)
+    ));
+    let change = UserChanges {
+        password: Some("a new passphrase here".into()),
+        current_password: Some(PASSWORD.into()),
+        phone: Some("+1 650-253-0000".into()),
+        ..UserChanges::default()
+    };
+    let updated = h.service.update_me(&me, change).await.unwrap();
+    assert_eq!(updated.phone.unwrap().as_str(), "+16502530000");
+    // Other sessions are gone; this one lives on.
+    assert!(h.service.refresh(&laptop.refresh_token).await.is_err());
+    h.service.refresh(&phone.refresh_token).await.unwrap();
+    assert!(
+        h.service
+            .login("hanako@example.com", PASSWORD)
+            .await
+            .is_err()
+    );
+    h.service
+        .login("hanako@example.com", "a new passphrase here")
+        .await
+        .unwrap();
+}
+
+async fn withdraw_deletes_and_leaves_tombstone(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let user = h
+        .service
+        .register("hanako@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    let pair = h
+        .service
+        .login("hanako@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let me = principal_of(&h, &pair.access_token);
+    assert!(matches!(
+        h.service.withdraw(&me, "wrong horse!").await,
+        Err(Error::WrongCurrentPassword)
+    ));
+    h.service.withdraw(&me, PASSWORD).await.unwrap();
+    assert!(matches!(h.service.me(&me).await, Err(Error::InvalidToken)));
+    assert!(h.service.refresh(&pair.refresh_token).await.is_err());
+    let store = &*h.store;
+    assert!(
+        idsvc::domain::Store::user(store, user.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let tombstone = idsvc::domain::Store::tombstone(store, user.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(tombstone.version > 0);
+    // The email is free again.
+    h.service
+        .register("hanako@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+}
+
+fn legacy(id: i64, email: &str, version: i64, hash: &str) -> LegacyUser {
+    LegacyUser {
+        id,
+        email: email.into(),
+        phone: Some("0312345678".into()),
+        password_hash: hash.into(),
+        version,
+    }
+}
+
+async fn double_write_orders_by_version(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let hash = idsvc::crypto::PasswordParams {
+        memory_kib: 256,
+        iterations: 1,
+        parallelism: 1,
+    }
+    .hash(PASSWORD)
+    .unwrap();
+    let s = &h.service;
+    assert_eq!(
+        s.upsert_legacy(legacy(1001, "taro@example.com", 5, &hash))
+            .await
+            .unwrap(),
+        (UpsertOutcome::Created, 5)
+    );
+    assert_eq!(
+        s.upsert_legacy(legacy(1001, "taro@example.com", 5, &hash))
+            .await
+            .unwrap(),
+        (UpsertOutcome::Unchanged, 5)
+    );
+    assert_eq!(
+        s.upsert_legacy(legacy(1001, "taro2@example.com", 7, &hash))
+            .await
+            .unwrap(),
+        (UpsertOutcome::Updated, 7)
+    );
+    assert_eq!(
+        s.upsert_legacy(legacy(1001, "old@example.com", 6, &hash))
+            .await
+            .unwrap(),
+        (UpsertOutcome::Stale, 7)
+    );
+    // The double-written member logs in with the legacy hash.
+    s.login("taro2@example.com", PASSWORD).await.unwrap();
+    assert!(s.login("old@example.com", PASSWORD).await.is_err());
+    // Another id cannot take the email.
+    assert!(matches!(
+        s.upsert_legacy(legacy(1002, "TARO2@example.com", 1, &hash))
+            .await,
+        Err(Error::Conflict(_))
+    ));
+    assert!(matches!(
+        s.upsert_legacy(legacy(1003, "x@example.com", 1, "plaintext"))
+            .await,
+        Err(Error::Invalid { .. })
+    ));
+    assert!(matches!(
+        s.upsert_legacy(legacy(0, "x@example.com", 1, &hash)).await,
+        Err(Error::Invalid { .. })
+    ));
+    // A stale delete changes nothing.
+    s.delete_legacy(1001, 6).await.unwrap();
+    assert!(
+        idsvc::domain::Store::user(&*h.store, 1001)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Natively registered members get fresh ids after legacy ones.
+    let native = s.register("new@example.com", PASSWORD, None).await.unwrap();
+    assert!(native.id > 1001, "{}", native.id);
+}
+
+async fn late_upsert_cannot_resurrect_deleted_user(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let hash = idsvc::crypto::PasswordParams {
+        memory_kib: 256,
+        iterations: 1,
+        parallelism: 1,
+    }
+    .hash(PASSWORD)
+    .unwrap();
+    let s = &h.service;
+    s.upsert_legacy(legacy(2001, "jiro@example.com", 10, &hash))
+        .await
+        .unwrap();
+    s.delete_legacy(2001, 11).await.unwrap();
+    s.delete_legacy(2001, 11).await.unwrap();
+    assert_eq!(
+        s.upsert_legacy(legacy(2001, "jiro@example.com", 10, &hash))
+            .await
+            .unwrap(),
+        (UpsertOutcome::Stale, 11)
+    );
+    assert!(
+        idsvc::domain::Store::user(&*h.store, 2001)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A delete that arrives before the insert it follows still wins.
+    s.delete_legacy(2002, 3).await.unwrap();
+    assert_eq!(
+        s.upsert_legacy(legacy(2002, "saburo@example.com", 2, &hash))
+            .await
+            .unwrap(),
+        (UpsertOutcome::Stale, 3)
+    );
+    // A newer write after a deletion (re-registration in the legacy system) is applied.
+    assert_eq!(
+        s.upsert_legacy(legacy(2001, "jiro@example.com", 12, &hash))
+            .await
+            .unwrap()
+            .0,
+        UpsertOutcome::Created
+    );
+}
+
+async fn no_plaintext_personal_data_at_rest(backend: Backend) {
+    let h = Harness::new(backend).await;
+    h.service
+        .register(
+            "plain.text.canary@example.com",
+            PASSWORD,
+            Some("090-9876-5432"),
+        )
+        .await
+        .unwrap();
+    let pair = h
+        .service
+        .login("plain.text.canary@example.com", PASSWORD)
+        .await
+        .unwrap();
+    h.service.refresh(&pair.refresh_token).await.unwrap();
+    let needles: [&[u8]; 5] = [
+        b"plain.text.canary",
+        b"909876543",
+        b"9876-5432",
+        PASSWORD.as_bytes(),
+        pair.refresh_token.as_bytes(),
+    ];
+    let pool = h.store.pool();
+    for table in [
+        "users",
+        "tombstones",
+        "sessions",
+        "refresh_tokens",
+        "login_throttle",
+        "security_events",
+    ] {
+        let rows = sqlx::query(&format!("SELECT * FROM {table}"))
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        for row in rows {
+            for i in 0..row.len() {
+                let bytes: Vec<u8> = row
+                    .try_get::<Vec<u8>, _>(i)
+                    .or_else(|_| row.try_get::<String, _>(i).map(String::into_bytes))
+                    .or_else(|_| row.try_get::<i64, _>(i).map(|v| v.to_string().into_bytes()))
+                    .unwrap_or_default();
+                for needle in needles {
+                    assert!(
+                        !bytes.windows(needle.len()).any(|w| w == needle),
+                        "plaintext in {table} column {i}"
+                    );
+                }
+            }
+        }
+    }
+    if h.store.dialect() == idsvc::store::Dialect::Sqlite {
+        // The database files themselves, WAL included.
+        h.store.pool().close().await;
+        for entry in std::fs::read_dir(h.store_dir()).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap_or_default();
+            for needle in needles {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "plaintext in the SQLite files"
+                );
+            }
+        }
+    }
+}
+
+async fn outdated_hash_is_upgraded_on_login(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let weaker = idsvc::crypto::PasswordParams {
+        memory_kib: 128,
+        iterations: 1,
+        parallelism: 1,
+    }
+    .hash(PASSWORD)
+    .unwrap();
+    h.service
+        .upsert_legacy(legacy(3001, "shiro@example.com", 1, &weaker))
+        .await
+        .unwrap();
+    h.service
+        .login("shiro@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let row = idsvc::domain::Store::user(&*h.store, 3001)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        row.password_hash
+            .starts_with("$argon2id$v=19$m=256,t=1,p=1$"),
+        "{}",
+        row.password_hash
+    );
+    h.service
+        .login("shiro@example.com", PASSWORD)
+        .await
+        .unwrap();
+}
