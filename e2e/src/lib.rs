@@ -1,1 +1,225 @@
+//! Black-box harness: runs the built `idbase` binary as separate idsvc and
+//! gateway processes on loopback against MariaDB, as production does.
 
+use anyhow::{Context, bail};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Builds `idbase` (once per process, same profile as the tests) and returns its path.
+pub fn idbase_binary() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let release = !cfg!(debug_assertions);
+            let mut build = Command::new(cargo);
+            build
+                .current_dir(&workspace)
+                .args(["build", "--quiet", "--bin", "idbase"]);
+            if release {
+                build.arg("--release");
+            }
+            let status = build.status().map_err(|e| e.to_string())?;
+            if !status.success() {
+                return Err(format!("cargo build --bin idbase failed: {status}"));
+            }
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| workspace.join("target"), PathBuf::from);
+            Ok(target
+                .join(if release { "release" } else { "debug" })
+                .join("idbase"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// A free loopback port (bound, then released for the child to take).
+pub fn free_addr() -> anyhow::Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// A child process killed when dropped.
+pub struct Process(pub Child);
+
+impl Process {
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.0.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.0.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("process {pid} did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Client tokens of a running deployment.
+pub struct Tokens {
+    pub internal: String,
+    pub web: String,
+    pub mobile: String,
+}
+
+/// idsvc + gateway as two processes on a fresh MariaDB database.
+pub struct Deployment {
+    pub gateway_url: String,
+    pub tokens: Tokens,
+    pub idsvc: Process,
+    pub gateway: Process,
+    _dir: tempfile::TempDir,
+}
+
+/// Extra idsvc flags, e.g. cheap argon2 for functional tests.
+pub struct Options<'a> {
+    pub idsvc_args: &'a [&'a str],
+}
+
+impl Deployment {
+    pub async fn start(database_url: &str, options: Options<'_>) -> anyhow::Result<Self> {
+        let binary = idbase_binary()?;
+        let dir = tempfile::tempdir()?;
+        let keys = dir.path().join("keys");
+        let status = Command::new(&binary)
+            .args(["keys", "generate", "--out"])
+            .arg(&keys)
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("idbase keys generate failed");
+        }
+        let tokens = Tokens {
+            internal: random_token(),
+            web: random_token(),
+            mobile: random_token(),
+        };
+        let clients = format!(
+            "[[client]]\nid = \"legacy-web\"\nclass = \"internal\"\ntoken_sha256 = \"{}\"\n\
+             [[client]]\nid = \"web\"\nclass = \"web\"\ntoken_sha256 = \"{}\"\n\
+             [[client]]\nid = \"ios\"\nclass = \"mobile\"\ntoken_sha256 = \"{}\"\n",
+            sha256_hex(&tokens.internal),
+            sha256_hex(&tokens.web),
+            sha256_hex(&tokens.mobile)
+        );
+        let clients_file = dir.path().join("clients.toml");
+        std::fs::write(&clients_file, clients)?;
+        let (grpc, admin, http) = (free_addr()?, free_addr()?, free_addr()?);
+        let log_level = std::env::var("IDBASE_E2E_LOG").unwrap_or_else(|_| "warn".into());
+        let idsvc = Process(
+            Command::new(&binary)
+                .args([
+                    "idsvc",
+                    "--database-url",
+                    database_url,
+                    "--grpc",
+                    &grpc,
+                    "--admin-grpc",
+                    &admin,
+                ])
+                .arg("--keys-dir")
+                .arg(&keys)
+                .args(options.idsvc_args)
+                .env("RUST_LOG", &log_level)
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting idsvc")?,
+        );
+        let gateway = Process(
+            Command::new(&binary)
+                .args([
+                    "gateway",
+                    "--idsvc",
+                    &format!("http://{grpc}"),
+                    "--http",
+                    &http,
+                ])
+                .arg("--clients")
+                .arg(&clients_file)
+                .env("RUST_LOG", &log_level)
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting gateway")?,
+        );
+        let deployment = Self {
+            gateway_url: format!("http://{http}"),
+            tokens,
+            idsvc,
+            gateway,
+            _dir: dir,
+        };
+        deployment.wait_ready().await?;
+        Ok(deployment)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(answer) = client
+                .get(format!("{}/readyz", self.gateway_url))
+                .send()
+                .await
+            {
+                if answer.status().is_success() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("gateway at {} not ready within 60 s", self.gateway_url)
+    }
+}
+
+fn random_token() -> String {
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::thread_rng().r#gen();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256_hex(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Creates an empty database on the MariaDB server (`IDBASE_TEST_MYSQL_URL`).
+pub async fn fresh_mysql_database() -> anyhow::Result<String> {
+    use sqlx::Connection;
+    let server = std::env::var("IDBASE_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&server).await.with_context(|| {
+        format!(
+            "MariaDB is unreachable at {server}. Start it with `start-stop-daemon --start --oknodo --background \
+             --exec /usr/sbin/mariadbd` or set IDBASE_TEST_MYSQL_URL."
+        )
+    })?;
+    use rand::Rng;
+    let name = format!("idbase_e2e_{:016x}", rand::thread_rng().r#gen::<u64>());
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await?;
+    let base = server
+        .rsplit_once('/')
+        .map_or(server.as_str(), |(base, _)| base);
+    Ok(format!("{base}/{name}"))
+}
