@@ -172,14 +172,12 @@ impl Deployment {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if let Ok(answer) = client
+            let ready = client
                 .get(format!("{}/readyz", self.gateway_url))
                 .send()
-                .await
-            {
-                if answer.status().is_success() {
-                    return Ok(());
-                }
+                .await;
+            if ready.is_ok_and(|answer| answer.status().is_success()) {
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
