@@ -33,6 +33,10 @@ pub async fn serve_identity(
         health
             .set_not_serving::<IdentityServer<IdentityGrpc>>()
             .await;
+        // Kubernetes `grpc` probes ask for the empty service name: flip it too.
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
     };
     Server::builder()
         .add_service(health_service)
