@@ -1,0 +1,102 @@
+//! Closed-loop load: N workers each send one request after another for a
+//! fixed time; latencies go into one histogram.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// What one load phase achieved.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub requests: u64,
+    pub errors: u64,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>9.1}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} requests, {} errors)",
+            self.rps, self.p50_ms, self.p99_ms, self.requests, self.errors
+        )
+    }
+}
+
+/// Runs `request(worker, n)` from `concurrency` workers for `duration`.
+/// A request that returns an error still counts towards latency; errors are
+/// reported, and a bench with errors says so rather than hiding them.
+pub async fn drive<F, Fut>(concurrency: usize, duration: Duration, request: F) -> Stats
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let request = Arc::new(request);
+    let histogram = Arc::new(Mutex::new(new_histogram()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let (request, histogram, errors) = (
+                Arc::clone(&request),
+                Arc::clone(&histogram),
+                Arc::clone(&errors),
+            );
+            tokio::spawn(async move {
+                let mut local = new_histogram();
+                let mut n = 0;
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    if let Err(error) = request(worker, n).await {
+                        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("first error: {error:#}");
+                        }
+                    }
+                    local.saturating_record(sent.elapsed().as_micros() as u64);
+                    n += 1;
+                }
+                histogram
+                    .lock()
+                    .await
+                    .add(&local)
+                    .expect("same histogram bounds");
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("load worker panicked");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let histogram = histogram.lock().await;
+    Stats {
+        requests: histogram.len(),
+        errors: errors.load(Ordering::Relaxed),
+        rps: histogram.len() as f64 / elapsed,
+        p50_ms: histogram.value_at_quantile(0.50) as f64 / 1000.0,
+        p99_ms: histogram.value_at_quantile(0.99) as f64 / 1000.0,
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 µs .. 60 s at 3 significant figures.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Resident set size of a process in MiB, from `/proc/PID/status`.
+pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))?
+        .parse()?;
+    Ok(kib / 1024.0)
+}

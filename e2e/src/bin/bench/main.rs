@@ -1,0 +1,43 @@
+//! Benchmarks of the built `idbase` binary on this machine:
+//! `cargo run --release -p e2e --bin bench -- <bench> [--json FILE]`.
+//!
+//! Each bench starts what it measures as real processes on loopback and
+//! MariaDB, prints its figures and, with `--json`, writes them for CI or the
+//! README. These are measurements, not pass/fail tests.
+
+mod auth;
+mod load;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(about = "idbase benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+    /// Also write the figures to this file as JSON.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Logins, refreshes and `GET /v1/users/me` through the gateway, against the raw argon2id limit.
+    Auth(auth::Args),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let figures = match cli.bench {
+        Bench::Auth(args) => auth::run(args).await?,
+    };
+    let text = serde_json::to_string_pretty(&figures)?;
+    println!("{text}");
+    if let Some(path) = cli.json {
+        std::fs::write(&path, text + "\n")?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
