@@ -16,10 +16,17 @@ pub fn idbase_binary() -> anyhow::Result<PathBuf> {
             let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let release = !cfg!(debug_assertions);
+            // A target dir of its own: `idbase` alone unifies dependency
+            // features differently from the test or bench build that calls
+            // us, and in a shared dir each build would rebuild the other's.
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| workspace.join("target"), PathBuf::from)
+                .join("e2e-idbase");
             let mut build = Command::new(cargo);
             build
                 .current_dir(&workspace)
-                .args(["build", "--quiet", "--bin", "idbase"]);
+                .args(["build", "--quiet", "--bin", "idbase", "--target-dir"])
+                .arg(&target);
             if release {
                 build.arg("--release");
             }
@@ -27,8 +34,6 @@ pub fn idbase_binary() -> anyhow::Result<PathBuf> {
             if !status.success() {
                 return Err(format!("cargo build --bin idbase failed: {status}"));
             }
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| workspace.join("target"), PathBuf::from);
             Ok(target
                 .join(if release { "release" } else { "debug" })
                 .join("idbase"))

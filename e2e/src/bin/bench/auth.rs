@@ -85,6 +85,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         .await
     };
     eprintln!("login         {login}");
+    let rss_after_login = Rss::of(&deployment)?;
 
     // One session per worker: refresh rotates it, so each worker keeps its own chain.
     let mut sessions = Vec::with_capacity(args.concurrency);
@@ -106,6 +107,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         .await
     };
     eprintln!("refresh       {refresh}");
+    let rss_after_refresh = Rss::of(&deployment)?;
 
     let me = {
         let (api, sessions) = (Arc::clone(&api), Arc::clone(&sessions));
@@ -120,8 +122,10 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     };
     eprintln!("me            {me}");
 
-    let idsvc_rss_loaded_mib = rss_mib(deployment.idsvc.0.id())?;
-    let gateway_rss_loaded_mib = rss_mib(deployment.gateway.0.id())?;
+    let rss_after_me = Rss::of(&deployment)?;
+    eprintln!(
+        "RSS after     login {rss_after_login}; refresh {rss_after_refresh}; me {rss_after_me}"
+    );
     let phases = [&login, &refresh, &me];
     if phases.iter().any(|stats| stats.errors > 0) {
         eprintln!("warning: some requests failed; their figures are not clean");
@@ -144,8 +148,9 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         "me": me,
         "idsvc_rss_idle_mib": idsvc_rss_idle_mib,
         "gateway_rss_idle_mib": gateway_rss_idle_mib,
-        "idsvc_rss_loaded_mib": idsvc_rss_loaded_mib,
-        "gateway_rss_loaded_mib": gateway_rss_loaded_mib,
+        "rss_after_login": rss_after_login,
+        "rss_after_refresh": rss_after_refresh,
+        "rss_after_me": rss_after_me,
     }))
 }
 
@@ -175,13 +180,38 @@ fn raw_argon2_rate(params: PasswordParams, cores: usize, phase: Duration) -> any
     Ok(counts.iter().sum::<u64>() as f64 / started.elapsed().as_secs_f64())
 }
 
+/// RSS of both processes after a phase, in MiB.
+#[derive(Debug, serde::Serialize)]
+struct Rss {
+    idsvc_mib: f64,
+    gateway_mib: f64,
+}
+
+impl Rss {
+    fn of(deployment: &Deployment) -> anyhow::Result<Self> {
+        Ok(Self {
+            idsvc_mib: rss_mib(deployment.idsvc.0.id())?,
+            gateway_mib: rss_mib(deployment.gateway.0.id())?,
+        })
+    }
+}
+
+impl std::fmt::Display for Rss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "idsvc {:.1} MiB, gateway {:.1} MiB",
+            self.idsvc_mib, self.gateway_mib
+        )
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-#[derive(Clone)]
 struct Session {
     access_token: String,
     refresh_token: String,
