@@ -155,23 +155,38 @@ impl LoginAnomaly {
             let (attempts, failures) = overall.0.record(now, window, failed);
             let ratio = ratio_of((attempts, failures));
             metrics::gauge!("idbase_login_failure_ratio").set(ratio);
-            let alert =
-                attempts >= self.args.login_alert_min_attempts && ratio >= self.args.login_alert_ratio;
+            let alert = attempts >= self.args.login_alert_min_attempts
+                && ratio >= self.args.login_alert_ratio;
             let changed = alert != overall.1;
             overall.1 = alert;
             changed.then_some((alert, attempts, ratio))
         };
         if let Some((alert, attempts, ratio)) = raised {
-            metrics::gauge!("idbase_login_anomaly_alert", "scope" => "overall")
-                .set(if alert { 1.0 } else { 0.0 });
+            metrics::gauge!("idbase_login_anomaly_alert", "scope" => "overall").set(if alert {
+                1.0
+            } else {
+                0.0
+            });
             if alert {
-                warn!(event = "login_anomaly", scope = "overall", ratio, attempts, "login failure ratio over threshold");
+                warn!(
+                    event = "login_anomaly",
+                    scope = "overall",
+                    ratio,
+                    attempts,
+                    "login failure ratio over threshold"
+                );
                 self.report(
                     "login_anomaly",
                     format!("overall login failure ratio {ratio:.2} over {attempts} attempts"),
                 );
             } else {
-                info!(event = "login_anomaly_cleared", scope = "overall", ratio, attempts, "login failure ratio back under threshold");
+                info!(
+                    event = "login_anomaly_cleared",
+                    scope = "overall",
+                    ratio,
+                    attempts,
+                    "login failure ratio back under threshold"
+                );
             }
         }
         let (alert, block) = self.per_ip.update(ip, now, |entry| {

@@ -113,7 +113,8 @@ impl SlidingCount {
     pub fn estimate(&mut self, now_ms: u64, window_ms: u64) -> u64 {
         self.roll(now_ms, window_ms);
         let into = now_ms % window_ms;
-        let overlap = (self.previous as u128 * u128::from(window_ms - into)) / u128::from(window_ms);
+        let overlap =
+            (self.previous as u128 * u128::from(window_ms - into)) / u128::from(window_ms);
         self.current.saturating_add(overlap as u64)
     }
 

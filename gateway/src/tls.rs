@@ -76,7 +76,9 @@ pub async fn serve(
                         seen = now;
                         match config.reload_from_pem_file(&cert, &key).await {
                             Ok(()) => info!(cert = %cert.display(), "TLS certificate reloaded"),
-                            Err(e) => error!(error = %e, "TLS certificate rejected; previous stays in use"),
+                            Err(e) => {
+                                error!(error = %e, "TLS certificate rejected; previous stays in use")
+                            }
                         }
                     }
                     Err(e) => error!(error = %e, "reading TLS certificate files"),

@@ -105,14 +105,18 @@ impl Waf {
                 let waf = self.clone();
                 match tokio::task::spawn_blocking(move || waf.check_for_change()).await {
                     Ok(Ok(true)) => {
-                        metrics::counter!("idbase_waf_reloads_total", "result" => "ok").increment(1);
+                        metrics::counter!("idbase_waf_reloads_total", "result" => "ok")
+                            .increment(1);
                         info!(file = %self.path.display(), "WAF rules reloaded");
                     }
                     Ok(Ok(false)) => {}
                     Ok(Err(e)) => {
                         metrics::counter!("idbase_waf_reloads_total", "result" => "rejected")
                             .increment(1);
-                        error!(error = format!("{e:#}"), "WAF rules rejected; previous rules stay in force");
+                        error!(
+                            error = format!("{e:#}"),
+                            "WAF rules rejected; previous rules stay in force"
+                        );
                     }
                     Err(e) => error!(error = %e, "WAF reload task failed"),
                 }

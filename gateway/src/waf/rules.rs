@@ -67,7 +67,10 @@ enum Action {
 pub enum Decision {
     Allow(Arc<str>),
     Block(Arc<str>),
-    RateLimited { rule: Arc<str>, retry_after_secs: u64 },
+    RateLimited {
+        rule: Arc<str>,
+        retry_after_secs: u64,
+    },
 }
 
 impl Decision {
@@ -232,7 +235,9 @@ impl RuleSet {
                     }
                 }
                 Action::Rate => {
-                    limit = spec.limit.ok_or_else(|| fail("rate rules need `limit`".into()))?;
+                    limit = spec
+                        .limit
+                        .ok_or_else(|| fail("rate rules need `limit`".into()))?;
                     if limit < MIN_LIMIT {
                         return Err(fail(format!("limit must be at least {MIN_LIMIT}")));
                     }
