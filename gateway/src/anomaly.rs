@@ -101,7 +101,8 @@ pub struct LoginAnomaly {
 
 impl LoginAnomaly {
     pub fn new(args: AnomalyArgs, clock: Clock) -> anyhow::Result<Self> {
-        if !(args.login_alert_ratio > 0.0 && args.login_alert_ratio <= 1.0) {
+        let ratio = args.login_alert_ratio;
+        if ratio.is_nan() || ratio <= 0.0 || ratio > 1.0 {
             anyhow::bail!("--login-alert-ratio must be in (0, 1]");
         }
         if args.login_window_secs == 0 {

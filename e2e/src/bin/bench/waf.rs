@@ -47,7 +47,7 @@ fn rules(cidrs: usize) -> String {
         );
     }
     for i in 0..cidrs / 4 {
-        let _ = write!(text, "\"2001:db8:{:x}::/48\",", i);
+        let _ = write!(text, "\"2001:db8:{i:x}::/48\",");
     }
     text.push_str("]\n\n[[rule]]\nname = \"per-ip\"\naction = \"rate\"\nlimit = 1000000000\nwindow_secs = 300\n");
     text
