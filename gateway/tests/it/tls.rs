@@ -75,11 +75,12 @@ async fn tls_offers_both_http_versions_and_reloads_a_rotated_certificate() {
         shutdown.clone(),
     ));
 
-    let (alpn, served, _) = connect(addr, &[first.clone()], &[b"h2", b"http/1.1"]).await;
+    let (alpn, served, _) =
+        connect(addr, std::slice::from_ref(&first), &[b"h2", b"http/1.1"]).await;
     assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
     assert_eq!(served, first);
 
-    let (alpn, _, mut stream) = connect(addr, &[first.clone()], &[b"http/1.1"]).await;
+    let (alpn, _, mut stream) = connect(addr, std::slice::from_ref(&first), &[b"http/1.1"]).await;
     assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
