@@ -104,6 +104,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         idsvc_url: format!("http://{}", grpc.local_addr()?),
         clients,
         max_body_bytes: gateway::DEFAULT_MAX_BODY_BYTES,
+        edge: gateway::edge::Edge::default(),
     };
     let web = credentials.clients.get("web").map_or("", String::as_str);
     println!(

@@ -99,6 +99,16 @@ pub struct Options<'a> {
 
 impl Deployment {
     pub async fn start(database_url: &str, options: Options<'_>) -> anyhow::Result<Self> {
+        Self::start_with_gateway_args(database_url, options, &[]).await
+    }
+
+    /// Like [`Deployment::start`], with extra gateway flags (WAF, anomaly
+    /// detection, trusted proxies).
+    pub async fn start_with_gateway_args(
+        database_url: &str,
+        options: Options<'_>,
+        gateway_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let binary = idbase_binary()?;
         let dir = tempfile::tempdir()?;
         let keys = dir.path().join("keys");
@@ -157,6 +167,7 @@ impl Deployment {
                 ])
                 .arg("--clients")
                 .arg(&clients_file)
+                .args(gateway_args)
                 .env("RUST_LOG", &log_level)
                 .stdout(Stdio::null())
                 .spawn()

@@ -5,13 +5,19 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod access;
+pub mod anomaly;
 pub mod api;
 pub mod clients;
+pub mod clock;
+pub mod edge;
+pub mod iptable;
 pub mod openapi;
 pub mod problem;
 pub mod routes;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
+pub mod waf;
 
 use crate::access::AccessVerifier;
 use crate::clients::Clients;
@@ -50,6 +56,10 @@ pub struct GatewayArgs {
     /// Largest accepted request body in bytes; larger gets 413.
     #[arg(long, env = "IDBASE_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+    #[command(flatten)]
+    pub edge: edge::EdgeArgs,
+    #[command(flatten)]
+    pub tls: tls::TlsArgs,
 }
 
 /// What a gateway needs to serve, however it was configured.
@@ -57,6 +67,8 @@ pub struct GatewayConfig {
     pub idsvc_url: String,
     pub clients: Clients,
     pub max_body_bytes: usize,
+    /// Source address, WAF, login-anomaly detection.
+    pub edge: edge::Edge,
 }
 
 /// The whole HTTP API.
@@ -67,6 +79,12 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
         upstream,
         clients: config.clients,
     };
+    let edge = config.edge;
+    let mut login = post(sessions::login);
+    if let Some(anomaly) = &edge.anomaly {
+        anomaly.set_sink(security_event_sink(state.upstream.clone()));
+        login = login.layer(from_fn_with_state(anomaly.clone(), anomaly::watch));
+    }
     let internal = Router::new()
         .route(
             "/internal/v1/users/{id}",
@@ -81,7 +99,7 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
                 .patch(users::update_me)
                 .delete(users::withdraw),
         )
-        .route("/v1/sessions", post(sessions::login))
+        .route("/v1/sessions", login)
         .route("/v1/tokens/refresh", post(sessions::refresh))
         .route("/v1/tokens/revoke", post(sessions::revoke))
         .merge(internal)
@@ -97,6 +115,7 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
         .route("/metrics", get(meta::metrics));
     Ok(clients_only
         .merge(open)
+        .route_layer(from_fn_with_state(edge, edge::guard))
         .route_layer(from_fn(telemetry::observe))
         .fallback(|| async {
             Problem::new(
@@ -116,18 +135,71 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
         .with_state(state))
 }
 
+/// Sends the gateway's security events to idsvc's audit trail, in the
+/// background: an alert must never slow down or fail a login.
+fn security_event_sink(upstream: Upstream) -> anomaly::EventSink {
+    Arc::new(move |kind, detail| {
+        let upstream = upstream.clone();
+        tokio::spawn(async move {
+            let request = idbase_proto::v1::SecurityEventRequest {
+                kind: kind.to_owned(),
+                detail,
+            };
+            if let Err(status) = upstream.identity().record_security_event(request).await {
+                tracing::warn!(kind, code = ?status.code(), "security event not recorded by idsvc");
+            }
+        });
+    })
+}
+
 /// Serves the API on `listener` until `shutdown` is cancelled, then drains.
 pub async fn serve(
     config: GatewayConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with_tls(config, listener, None, shutdown).await
+}
+
+/// A TLS listener and its PEM files.
+pub struct TlsListener {
+    pub listener: std::net::TcpListener,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Serves plain HTTP on `listener` and, if given, HTTPS on `tls`.
+pub async fn serve_with_tls(
+    config: GatewayConfig,
+    listener: TcpListener,
+    tls: Option<TlsListener>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     telemetry::prometheus();
+    if let Some(waf) = &config.edge.waf {
+        waf.clone().watch(shutdown.clone());
+    }
     let app = router(config)?;
+    let https = tls.map(|tls| {
+        tokio::spawn(tls::serve(
+            app.clone(),
+            tls.listener,
+            tls.cert,
+            tls.key,
+            tls::RELOAD_INTERVAL,
+            shutdown.clone(),
+        ))
+    });
     info!(http = %listener.local_addr()?, "gateway listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await?;
+    if let Some(https) = https {
+        https.await??;
+    }
     Ok(())
 }
 
@@ -137,10 +209,20 @@ pub async fn run(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
     let listener = TcpListener::bind(args.http)
         .await
         .with_context(|| format!("binding {}", args.http))?;
+    let tls = match (args.tls.tls_cert, args.tls.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsListener {
+            listener: std::net::TcpListener::bind(args.tls.https)
+                .with_context(|| format!("binding {}", args.tls.https))?,
+            cert,
+            key,
+        }),
+        _ => None,
+    };
     let config = GatewayConfig {
         idsvc_url: args.idsvc,
         clients,
         max_body_bytes: args.max_body_bytes,
+        edge: edge::Edge::from_args(args.edge, clock::Clock::default())?,
     };
-    serve(config, listener, shutdown).await
+    serve_with_tls(config, listener, tls, shutdown).await
 }

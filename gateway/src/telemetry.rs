@@ -79,10 +79,22 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     metrics::counter!("idbase_http_requests_total", &labels).increment(1);
     metrics::histogram!("idbase_http_request_duration_seconds", &labels)
         .record(latency.as_secs_f64());
+    // The access log line: the span adds time, request id, method, route and
+    // client; the edge adds the source address and the WAF's decision.
+    let source_ip = response
+        .extensions()
+        .get::<crate::waf::source_ip::SourceIp>()
+        .map(|s| s.0);
+    let waf = response
+        .extensions()
+        .get::<crate::edge::WafLabel>()
+        .map_or("off", |w| w.0.as_str());
     span.in_scope(|| {
         tracing::info!(
             status,
             latency_ms = latency.as_secs_f64() * 1000.0,
+            source_ip = source_ip.map(tracing::field::display),
+            waf,
             "request"
         )
     });

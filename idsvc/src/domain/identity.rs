@@ -228,6 +228,31 @@ impl IdentityService {
         }
     }
 
+    /// Records a security event raised at the edge (the gateway's login-anomaly
+    /// detection). Kinds are a closed list and details are bounded, so the
+    /// audit trail cannot be filled with arbitrary text.
+    pub async fn record_edge_event(&self, kind: &str, detail: &str) -> Result<()> {
+        const EDGE_KINDS: [&str; 2] = ["login_anomaly", "login_autoblock"];
+        const MAX_DETAIL: usize = 512;
+        if !EDGE_KINDS.contains(&kind) {
+            return Err(Error::Invalid {
+                field: "kind",
+                reason: format!("must be one of {EDGE_KINDS:?}"),
+            });
+        }
+        if detail.len() > MAX_DETAIL {
+            return Err(Error::Invalid {
+                field: "detail",
+                reason: format!("longer than {MAX_DETAIL} bytes"),
+            });
+        }
+        let now = self.clock.now_ms();
+        self.store
+            .record_security_event(kind, None, detail, now)
+            .await?;
+        Ok(())
+    }
+
     /// Logs out the session the token belongs to. Unknown tokens are ignored:
     /// revocation is idempotent and tells nothing.
     pub async fn revoke(&self, refresh_token: &str) -> Result<()> {

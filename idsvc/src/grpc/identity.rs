@@ -151,6 +151,19 @@ impl Identity for IdentityGrpc {
         Ok(Response::new(pb::Empty {}))
     }
 
+    async fn record_security_event(
+        &self,
+        request: Request<pb::SecurityEventRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let span = span(&request, "record_security_event");
+        let r = request.into_inner();
+        self.service
+            .record_edge_event(&r.kind, &r.detail)
+            .instrument(span)
+            .await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
     async fn get_jwks(&self, _request: Request<pb::Empty>) -> Result<Response<pb::Jwks>, Status> {
         let keys = self
             .service

@@ -7,6 +7,7 @@
 
 mod auth;
 mod load;
+mod waf;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -25,6 +26,8 @@ struct Cli {
 enum Bench {
     /// Logins, refreshes and `GET /v1/users/me` through the gateway, against the raw argon2id limit.
     Auth(auth::Args),
+    /// `GET /v1/users/me` with the full WAF rule set against the WAF off.
+    GatewayWaf(waf::Args),
 }
 
 #[tokio::main]
@@ -32,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let figures = match cli.bench {
         Bench::Auth(args) => auth::run(args).await?,
+        Bench::GatewayWaf(args) => waf::run(args).await?,
     };
     let text = serde_json::to_string_pretty(&figures)?;
     println!("{text}");
