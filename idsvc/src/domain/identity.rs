@@ -330,6 +330,14 @@ impl IdentityService {
 
     /// Double write: upsert by legacy id, newest version wins.
     pub async fn upsert_legacy(&self, legacy: LegacyUser) -> Result<(UpsertOutcome, i64)> {
+        let row = self.legacy_row(&legacy, self.clock.now_ms())?;
+        Ok(self.store.upsert_legacy(&row).await?)
+    }
+
+    /// The row a legacy member becomes: normalised, validated, sealed and
+    /// blind-indexed exactly as a double write stores it. The migration jobs
+    /// stage rows through here so both paths store the same thing.
+    pub fn legacy_row(&self, legacy: &LegacyUser, now: Millis) -> Result<UserRow> {
         validate_legacy_ids(legacy.id, legacy.version)?;
         let email = Email::parse(&legacy.email)?;
         let phone = legacy
@@ -342,8 +350,7 @@ impl IdentityService {
         let sealed = self
             .seal(legacy.id, &email, phone.as_ref())
             .map_err(Error::internal)?;
-        let now = self.clock.now_ms();
-        let row = UserRow {
+        Ok(UserRow {
             id: legacy.id,
             email_sealed: sealed.email_sealed,
             email_index: self.index.email(email.as_str()).to_vec(),
@@ -352,8 +359,7 @@ impl IdentityService {
             version: legacy.version,
             created_at: now,
             updated_at: now,
-        };
-        Ok(self.store.upsert_legacy(&row).await?)
+        })
     }
 
     /// Double write: delete by legacy id. Idempotent; an older version than
