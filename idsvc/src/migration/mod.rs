@@ -1,8 +1,12 @@
 //! The zero-downtime migration toolkit (`idbase migrate …`): legacy sources
 //! and their mapping, the transformation of a legacy row into the row a
-//! double write would store.
+//! double write would store, and the jobs.
 
+pub mod bulkload;
+pub mod checkpoint;
 pub mod mapping;
+pub mod progress;
+pub mod reports;
 pub mod source;
 pub mod transform;
 
