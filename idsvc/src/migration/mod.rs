@@ -4,12 +4,14 @@
 
 pub mod bulkload;
 pub mod checkpoint;
+pub mod cli;
 pub mod mapping;
 pub mod progress;
 pub mod reports;
 pub mod source;
 pub mod transform;
 
+pub use cli::{MigrateCommand, Outcome, run};
 pub use mapping::Mapping;
 pub use source::{Record, Source};
 pub use transform::{LegacyRecord, Transformer};
