@@ -1,6 +1,6 @@
 //! `idbase migrate …`: arguments and dispatch; `src/main.rs` only parses.
 
-use super::{Mapping, bulkload, checkpoint, reports};
+use super::{Mapping, backfill, bulkload, checkpoint, reports};
 use crate::PolicyArgs;
 use crate::store::SqlStore;
 use anyhow::Context;
@@ -25,8 +25,31 @@ pub struct Common {
 pub enum MigrateCommand {
     /// Stream the legacy source into the staging table (resumable).
     Bulkload(BulkloadArgs),
+    /// Fill absent users from staging in id-range batches (resumable, idempotent).
+    Backfill(BackfillArgs),
     /// Jobs run, checkpoints, counts.
     Status(StatusArgs),
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct BackfillArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Staged ids per batch (one INSERT … SELECT each).
+    #[arg(long, env = "IDBASE_MIGRATE_BATCH", default_value_t = 1000)]
+    pub batch: usize,
+    /// Write the conflicts (email owned by another id) as JSON lines here.
+    #[arg(long, env = "IDBASE_MIGRATE_CONFLICTS")]
+    pub conflicts: Option<PathBuf>,
+    /// Write the rows that failed (id + reason) as JSON lines here.
+    #[arg(long, env = "IDBASE_MIGRATE_REJECTS")]
+    pub rejects: Option<PathBuf>,
+    /// Forget the checkpoint and scan from the first id (changes nothing already done).
+    #[arg(long, env = "IDBASE_MIGRATE_RESTART")]
+    pub restart: bool,
+    /// No progress line on stderr.
+    #[arg(long, env = "IDBASE_MIGRATE_QUIET")]
+    pub quiet: bool,
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -75,6 +98,7 @@ pub struct Outcome {
 pub async fn run(command: MigrateCommand, cancel: CancellationToken) -> anyhow::Result<Outcome> {
     match command {
         MigrateCommand::Bulkload(args) => run_bulkload(args, cancel).await,
+        MigrateCommand::Backfill(args) => run_backfill(args, cancel).await,
         MigrateCommand::Status(args) => {
             let store = SqlStore::connect(&args.common.database_url).await?;
             let jobs = checkpoint::all(&store).await?;
@@ -134,6 +158,37 @@ async fn run_bulkload(args: BulkloadArgs, cancel: CancellationToken) -> anyhow::
     Ok(Outcome {
         report: serde_json::json!({
             "job": "bulkload",
+            "counts": counts,
+            "seconds": started.elapsed().as_secs_f64(),
+        }),
+        success: true,
+    })
+}
+
+async fn run_backfill(args: BackfillArgs, cancel: CancellationToken) -> anyhow::Result<Outcome> {
+    let store = SqlStore::connect(&args.common.database_url).await?;
+    if args.restart {
+        checkpoint::reset(&store, backfill::JOB).await?;
+    }
+    let started = std::time::Instant::now();
+    let counts = backfill::run(&store, args.batch, !args.quiet, &cancel)
+        .await
+        .context("backfill")?;
+    let Some(counts) = counts else {
+        return Ok(Outcome {
+            report: serde_json::json!({"job": "backfill", "interrupted": true}),
+            success: false,
+        });
+    };
+    if let Some(path) = &args.rejects {
+        reports::write_rejects(&store, backfill::JOB, path).await?;
+    }
+    if let Some(path) = &args.conflicts {
+        reports::write_conflicts(&store, backfill::JOB, path).await?;
+    }
+    Ok(Outcome {
+        report: serde_json::json!({
+            "job": "backfill",
             "counts": counts,
             "seconds": started.elapsed().as_secs_f64(),
         }),

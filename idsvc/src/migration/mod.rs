@@ -2,6 +2,7 @@
 //! and their mapping, the transformation of a legacy row into the row a
 //! double write would store, and the jobs.
 
+pub mod backfill;
 pub mod bulkload;
 pub mod checkpoint;
 pub mod cli;

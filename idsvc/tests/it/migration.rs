@@ -331,3 +331,136 @@ async fn bulkload_stages_rejects_resolves_duplicates_and_resumes() {
     let before: Vec<_> = first.into_iter().map(|r| (r.0, r.2, r.3)).collect();
     assert_eq!(after, before);
 }
+
+async fn user_ids(h: &Harness) -> Vec<(i64, i64, String)> {
+    use sqlx::Row;
+    sqlx::query("SELECT id, version, password_hash FROM users ORDER BY id")
+        .fetch_all(h.store.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+#[tokio::test]
+async fn backfill_fills_gaps_only_and_resumes_idempotently() {
+    use idsvc::migration::{backfill, bulkload, checkpoint};
+    let h = Harness::new(Backend::MySql).await;
+    let service = h.shared_service();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("member.tsv");
+    std::fs::write(&path, export(1000)).unwrap();
+    let options = bulkload::BulkloadOptions {
+        batch: 100,
+        expected_rows: None,
+        progress: false,
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    bulkload::run(
+        service.clone(),
+        &h.store,
+        &format!("tsv:{}", path.display()),
+        &mapping(),
+        &options,
+        &cancel,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // Double writes that arrived before the backfill.
+    let newer = idsvc::domain::LegacyUser {
+        id: 10,
+        email: "ten-new@example.com".into(),
+        phone: None,
+        password_hash: idsvc::crypto::legacy_hash::salted(
+            "sha256",
+            idsvc::crypto::legacy_hash::SaltPosition::Before,
+            b"x",
+            &hex::encode(sha2::Sha256::digest(b"xnew")),
+        )
+        .unwrap(),
+        version: i64::MAX / 4,
+    };
+    service.upsert_legacy(newer).await.unwrap();
+    service.delete_legacy(20, i64::MAX / 4).await.unwrap();
+    let takes_31 = idsvc::domain::LegacyUser {
+        id: 30,
+        email: "member31@example.com".into(),
+        phone: None,
+        password_hash: "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW".into(),
+        version: i64::MAX / 4,
+    };
+    service.upsert_legacy(takes_31).await.unwrap();
+
+    let counts = backfill::run(&h.store, 128, false, &cancel)
+        .await
+        .unwrap()
+        .unwrap();
+    let users = user_ids(&h).await;
+    let ids: Vec<i64> = users.iter().map(|u| u.0).collect();
+    let expected: Vec<i64> = (1..=1000i64)
+        .filter(|id| {
+            let staged = id % 211 != 0;
+            let live = id % 97 != 0;
+            // Rows 50k-1 and 50k share an email when both are live and staged;
+            // the later UpdateDate (second = id % 60) keeps it.
+            let pair_live =
+                |a: i64, b: i64| a % 97 != 0 && b % 97 != 0 && a % 211 != 0 && b % 211 != 0;
+            let loser = ((id + 1) % 50 == 0 && pair_live(*id, id + 1) && (id + 1) % 60 != 0)
+                || (id % 50 == 0 && pair_live(id - 1, *id) && id % 60 == 0);
+            *id == 10 || *id == 30 || (staged && live && !loser && *id != 20 && *id != 31)
+        })
+        .collect();
+    assert_eq!(ids, expected);
+    assert_eq!(
+        users.iter().find(|u| u.0 == 10).unwrap().1,
+        i64::MAX / 4,
+        "double write kept"
+    );
+    assert!(
+        users
+            .iter()
+            .find(|u| u.0 == 30)
+            .unwrap()
+            .2
+            .starts_with("$2a$")
+    );
+    assert_eq!(counts.conflicts, 1, "{counts:?}");
+    assert_eq!(counts.failed, 0);
+    assert_eq!(counts.scanned, 996);
+
+    // Idempotent: a second run changes nothing.
+    checkpoint::reset(&h.store, backfill::JOB).await.unwrap();
+    let again = backfill::run(&h.store, 128, false, &cancel)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.inserted, 0);
+    assert_eq!(user_ids(&h).await, users);
+
+    // Killed after id 500: resuming from the checkpoint ends in the same state.
+    sqlx::query("DELETE FROM users WHERE id > 500 AND id <> 30")
+        .execute(h.store.pool())
+        .await
+        .unwrap();
+    checkpoint::save(
+        &h.store,
+        backfill::JOB,
+        500,
+        false,
+        &backfill::BackfillCounts::default(),
+    )
+    .await
+    .unwrap();
+    backfill::run(&h.store, 64, false, &cancel)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(user_ids(&h).await, users);
+    // The imported member logs in with the legacy password and is upgraded.
+    h.service
+        .login("member3@example.com", "pw-3")
+        .await
+        .unwrap();
+}
