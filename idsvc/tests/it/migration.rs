@@ -464,3 +464,120 @@ async fn backfill_fills_gaps_only_and_resumes_idempotently() {
         .await
         .unwrap();
 }
+
+/// Double writes (upserts, deletes, some arriving out of order) run while
+/// bulkload and backfill do; the end state is the legacy state for every id.
+#[tokio::test]
+async fn double_writes_during_bulkload_and_backfill_end_in_the_legacy_state() {
+    use idsvc::migration::{backfill, bulkload};
+    let h = Harness::new(Backend::MySql).await;
+    let service = h.shared_service();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("member.tsv");
+    let n = 1500i64;
+    std::fs::write(&path, export(n)).unwrap();
+    let base = 3_000_000_000_000i64;
+    // Ids outside the duplicate pairs, so the legacy duplicates rule is unaffected.
+    let touched = |id: i64| id % 50 != 0 && (id + 1) % 50 != 0;
+    let hash = "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW".to_owned();
+    let upsert = move |id: i64, version: i64| idsvc::domain::LegacyUser {
+        id,
+        email: format!("dw{id}-{version}@example.com"),
+        phone: None,
+        password_hash: hash.clone(),
+        version,
+    };
+    // The legacy writer's changes after the snapshot: (id, version, Some(upsert) / None = delete),
+    // in the order they arrive.
+    let mut ops: Vec<(i64, i64, bool)> = Vec::new();
+    for id in (1..=n).filter(|id| touched(*id)) {
+        if id % 7 == 0 {
+            ops.push((id, base + id, true));
+        }
+        if id % 11 == 0 {
+            ops.push((id, base + id + 5, false));
+        }
+        if id % 13 == 0 {
+            // Out of order: the newer change arrives before an older one.
+            ops.push((id, base + id + 10, true));
+            ops.push((id, base + id + 1, true));
+        }
+        if id % 17 == 0 {
+            ops.push((id, base + id + 20, false));
+            ops.push((id, base + id + 3, true));
+        }
+    }
+    let writer = {
+        let service = service.clone();
+        let ops = ops.clone();
+        let upsert = upsert.clone();
+        tokio::spawn(async move {
+            for (i, (id, version, is_upsert)) in ops.into_iter().enumerate() {
+                if is_upsert {
+                    service.upsert_legacy(upsert(id, version)).await.unwrap();
+                } else {
+                    service.delete_legacy(id, version).await.unwrap();
+                }
+                if i % 8 == 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+            }
+        })
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let options = bulkload::BulkloadOptions {
+        batch: 100,
+        expected_rows: None,
+        progress: false,
+    };
+    bulkload::run(
+        service.clone(),
+        &h.store,
+        &format!("tsv:{}", path.display()),
+        &mapping(),
+        &options,
+        &cancel,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    backfill::run(&h.store, 50, false, &cancel)
+        .await
+        .unwrap()
+        .unwrap();
+    writer.await.unwrap();
+    // A backfill after the writes settle changes nothing either.
+    idsvc::migration::checkpoint::reset(&h.store, backfill::JOB)
+        .await
+        .unwrap();
+    backfill::run(&h.store, 50, false, &cancel)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // The legacy state: the newest change per id, else the snapshot row.
+    let mut expected = Vec::new();
+    for id in 1..=n {
+        let newest = ops.iter().filter(|op| op.0 == id).max_by_key(|op| op.1);
+        match newest {
+            Some(&(_, version, true)) => expected.push((id, version)),
+            Some(&(_, _, false)) => {}
+            None => {
+                let pair_live =
+                    |a: i64, b: i64| a % 97 != 0 && b % 97 != 0 && a % 211 != 0 && b % 211 != 0;
+                let loser = ((id + 1) % 50 == 0 && pair_live(id, id + 1) && (id + 1) % 60 != 0)
+                    || (id % 50 == 0 && pair_live(id - 1, id) && id % 60 == 0);
+                if id % 211 != 0 && id % 97 != 0 && !loser {
+                    expected.push((id, -1));
+                }
+            }
+        }
+    }
+    let actual = user_ids(&h).await;
+    let actual: Vec<(i64, i64)> = actual
+        .into_iter()
+        .map(|(id, version, _)| (id, if version >= base { version } else { -1 }))
+        .collect();
+    assert_eq!(actual.len(), expected.len());
+    assert_eq!(actual, expected);
+}
