@@ -39,6 +39,9 @@ enum Command {
     /// Key management.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The zero-downtime migration jobs (README: "Migration").
+    #[command(subcommand)]
+    Migrate(idsvc::migration::MigrateCommand),
 }
 
 #[derive(Subcommand)]
@@ -106,6 +109,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(args, shutdown_signal()).await,
         Command::Idsvc(args) => idsvc::run(args, shutdown_signal()).await,
         Command::Gateway(args) => gateway::run(args, shutdown_signal()).await,
+        Command::Migrate(command) => {
+            let outcome = idsvc::migration::run(command, shutdown_signal()).await?;
+            println!("{}", outcome.report);
+            if !outcome.success {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Keys(KeysCommand::Generate { out }) => {
             let kid = idsvc::crypto::KeyRing::generate(&out)?;
             println!("created keys {kid} in {}", out.display());

@@ -6,6 +6,7 @@
 pub mod crypto;
 pub mod domain;
 pub mod grpc;
+pub mod migration;
 pub mod store;
 
 use crate::crypto::{HashingPool, KeyRing, PasswordParams};

@@ -2,6 +2,7 @@
 //! hashing and tokens. Every primitive comes from a maintained crate.
 
 pub mod keys;
+pub mod legacy_hash;
 pub mod password;
 pub mod pii;
 pub mod tokens;

@@ -5,6 +5,7 @@
 //! bounded queue: when the queue is full the call fails at once (the gateway
 //! answers 503 + Retry-After) instead of piling up latency and memory.
 
+use super::legacy_hash;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use rand::rngs::OsRng;
@@ -68,12 +69,12 @@ impl PasswordParams {
 
     /// Verifies against a stored PHC string with that hash's own parameters.
     pub fn verify(&self, password: &str, stored: &str) -> Verification {
-        let Ok(parsed) = PasswordHash::new(stored) else {
-            return Verification::Mismatch;
+        let parsed = PasswordHash::new(stored).ok().filter(|p| {
+            p.algorithm == argon2::ARGON2ID_IDENT || p.algorithm == argon2::ARGON2I_IDENT
+        });
+        let Some(parsed) = parsed else {
+            return self.verify_legacy(password, stored);
         };
-        if parsed.algorithm != argon2::ARGON2ID_IDENT && parsed.algorithm != argon2::ARGON2I_IDENT {
-            return Verification::Mismatch;
-        }
         if Argon2::default()
             .verify_password(password.as_bytes(), &parsed)
             .is_err()
@@ -92,6 +93,22 @@ impl PasswordParams {
             Verification::Match
         } else {
             Verification::MatchNeedsRehash
+        }
+    }
+}
+
+impl PasswordParams {
+    /// An imported hash (see `legacy_hash`): correct means "re-hash now".
+    /// Cheap legacy schemes would answer faster than the dummy argon2 verify
+    /// done for unknown accounts, so the same argon2 work is done here too and
+    /// timing does not tell imported members from unknown emails.
+    fn verify_legacy(&self, password: &str, stored: &str) -> Verification {
+        let matched = legacy_hash::verify(password, stored);
+        let _ = std::hint::black_box(self.hash(password));
+        if matched {
+            Verification::MatchNeedsRehash
+        } else {
+            Verification::Mismatch
         }
     }
 }
@@ -222,6 +239,19 @@ mod tests {
             Verification::MatchNeedsRehash
         );
         assert_eq!(params.verify("x", "not a hash"), Verification::Mismatch);
+    }
+
+    #[test]
+    fn legacy_hashes_verify_and_ask_for_rehash() {
+        let params = cheap();
+        let bcrypt = "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW";
+        assert_eq!(params.verify("U*U", bcrypt), Verification::MatchNeedsRehash);
+        assert_eq!(params.verify("U*V", bcrypt), Verification::Mismatch);
+        let aspnet = "AAABAgMEBQYHCAkKCwwNDg+ukCEMDf0yyQ29NYubggHIVY0sdEUfdyeM+E1LtH1uJg==";
+        assert_eq!(
+            params.verify("my password", &format!("$aspnet-identity-v2${aspnet}")),
+            Verification::MatchNeedsRehash
+        );
     }
 
     #[tokio::test]

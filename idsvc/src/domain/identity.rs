@@ -6,6 +6,7 @@ use super::{
     Clock, Email, Error, Millis, NewRefreshToken, NewUser, Password, Phone, Result, RotateOutcome,
     SealedPii, Store, ThrottlePolicy, UpsertOutcome, UserId, UserRow,
 };
+use crate::crypto::legacy_hash;
 use crate::crypto::password::{PoolFull, Verification};
 use crate::crypto::pii::Field;
 use crate::crypto::tokens::{self, AUDIENCE, AccessClaims, ISSUER, PublicKey};
@@ -354,6 +355,14 @@ impl IdentityService {
 
     /// Double write: upsert by legacy id, newest version wins.
     pub async fn upsert_legacy(&self, legacy: LegacyUser) -> Result<(UpsertOutcome, i64)> {
+        let row = self.legacy_row(&legacy, self.clock.now_ms())?;
+        Ok(self.store.upsert_legacy(&row).await?)
+    }
+
+    /// The row a legacy member becomes: normalised, validated, sealed and
+    /// blind-indexed exactly as a double write stores it. The migration jobs
+    /// stage rows through here so both paths store the same thing.
+    pub fn legacy_row(&self, legacy: &LegacyUser, now: Millis) -> Result<UserRow> {
         validate_legacy_ids(legacy.id, legacy.version)?;
         let email = Email::parse(&legacy.email)?;
         let phone = legacy
@@ -362,22 +371,20 @@ impl IdentityService {
             .filter(|p| !p.trim().is_empty())
             .map(Phone::parse)
             .transpose()?;
-        check_password_hash(&legacy.password_hash)?;
+        let password_hash = check_password_hash(&legacy.password_hash)?;
         let sealed = self
             .seal(legacy.id, &email, phone.as_ref())
             .map_err(Error::internal)?;
-        let now = self.clock.now_ms();
-        let row = UserRow {
+        Ok(UserRow {
             id: legacy.id,
             email_sealed: sealed.email_sealed,
             email_index: self.index.email(email.as_str()).to_vec(),
             phone_sealed: sealed.phone_sealed,
-            password_hash: legacy.password_hash,
+            password_hash,
             version: legacy.version,
             created_at: now,
             updated_at: now,
-        };
-        Ok(self.store.upsert_legacy(&row).await?)
+        })
     }
 
     /// Double write: delete by legacy id. Idempotent; an older version than
@@ -461,6 +468,8 @@ impl IdentityService {
     /// Stores a fresh argon2id hash after a login with outdated parameters or a
     /// legacy scheme. Best effort: the login succeeds either way.
     async fn upgrade_hash(&self, user: &UserRow, password: &str) {
+        let scheme = legacy_hash::canonical(&user.password_hash)
+            .map_or("unknown", |(_, scheme)| scheme.label());
         let Ok(Ok(hash)) = self
             .hashing
             .hash(Zeroizing::new(
@@ -478,7 +487,9 @@ impl IdentityService {
             ..user.clone()
         };
         match self.store.update_user(&next, user.version).await {
-            Ok(true) => metrics::counter!("idbase_password_rehash_total").increment(1),
+            Ok(true) => {
+                metrics::counter!("idbase_password_rehash_total", "from" => scheme).increment(1)
+            }
             Ok(false) => {}
             Err(err) => warn!(user_id = user.id, cause = %err, "password rehash not stored"),
         }
@@ -494,9 +505,20 @@ impl IdentityService {
     }
 
     async fn verify(&self, password: &str, stored: String) -> Result<Verification> {
-        let password = Zeroizing::new(Password::normalise(password).expose().to_owned());
+        let normalised = Zeroizing::new(Password::normalise(password).expose().to_owned());
+        // A legacy system hashed the bytes as typed; a member who typed
+        // full-width characters only matches the unnormalised form.
+        let retry_raw = normalised.as_str() != password && !stored.starts_with("$argon2");
+        let first = self
+            .hashing
+            .verify(normalised, stored.clone())
+            .await
+            .map_err(overloaded)?;
+        if first.matched() || !retry_raw {
+            return Ok(first);
+        }
         self.hashing
-            .verify(password, stored)
+            .verify(Zeroizing::new(password.to_owned()), stored)
             .await
             .map_err(overloaded)
     }
@@ -547,17 +569,12 @@ fn validate_legacy_ids(id: UserId, version: i64) -> Result<()> {
     Ok(())
 }
 
-/// A double-written hash must be in a scheme login can verify.
-fn check_password_hash(hash: &str) -> Result<()> {
-    let parsed = argon2::password_hash::PasswordHash::new(hash)
-        .map_err(|_| Error::invalid("password_hash", "is not a PHC string"))?;
-    if parsed.algorithm != argon2::ARGON2ID_IDENT && parsed.algorithm != argon2::ARGON2I_IDENT {
-        return Err(Error::invalid(
-            "password_hash",
-            "uses an unsupported scheme",
-        ));
-    }
-    Ok(())
+/// A double-written or imported hash must be in a scheme login can verify;
+/// it is stored in its canonical form (see `crypto::legacy_hash`).
+fn check_password_hash(hash: &str) -> Result<String> {
+    legacy_hash::canonical(hash)
+        .map(|(canonical, _)| canonical)
+        .map_err(|e| Error::invalid("password_hash", e.to_string()))
 }
 
 fn overloaded(_: PoolFull) -> Error {

@@ -34,6 +34,7 @@ on_both_backends!(
     late_upsert_cannot_resurrect_deleted_user,
     no_plaintext_personal_data_at_rest,
     outdated_hash_is_upgraded_on_login,
+    legacy_schemes_log_in_and_upgrade_to_argon2id,
 );
 
 fn principal_of(h: &Harness, access: &str) -> Principal {
@@ -584,4 +585,75 @@ async fn outdated_hash_is_upgraded_on_login(backend: Backend) {
         .login("shiro@example.com", PASSWORD)
         .await
         .unwrap();
+}
+
+/// Every legacy scheme logs in once with its own hash, is stored as argon2id
+/// afterwards, and an unknown scheme is refused at import with its reason.
+async fn legacy_schemes_log_in_and_upgrade_to_argon2id(backend: Backend) {
+    use idsvc::crypto::legacy_hash::{SaltPosition, salted};
+    let h = Harness::new(backend).await;
+    // "my password" (ASP.NET Core's published vectors), "U*U" (crypt_blowfish).
+    let bcrypt = bcrypt::hash_with_result(PASSWORD, 4)
+        .unwrap()
+        .format_for_version(bcrypt::Version::TwoY);
+    let sha256 = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(format!("s4lt{PASSWORD}")))
+    };
+    let cases: Vec<(String, &str)> = vec![
+        (
+            "AAABAgMEBQYHCAkKCwwNDg+ukCEMDf0yyQ29NYubggHIVY0sdEUfdyeM+E1LtH1uJg==".into(),
+            "my password",
+        ),
+        (
+            "AQAAAAIAAAAyAAAAEOMwvh3+FZxqkdMBz2ekgGhwQ4B6pZWND6zgESBuWiHw".into(),
+            "my password",
+        ),
+        (bcrypt, PASSWORD),
+        (
+            salted("sha256", SaltPosition::Before, b"s4lt", &sha256).unwrap(),
+            PASSWORD,
+        ),
+        (
+            "$pbkdf2-sha256$i=1000,l=32$c2FsdHNhbHRzYWx0c2FsdA$BBs+1+PaslLtBPULUr8/lQicvVuHiEPMz0i8MjLCbzM".into(),
+            "correct horse",
+        ),
+    ];
+    for (n, (hash, password)) in cases.iter().enumerate() {
+        let id = 4001 + n as i64;
+        let email = format!("legacy{n}@example.com");
+        h.service
+            .upsert_legacy(legacy(id, &email, 1, hash))
+            .await
+            .unwrap();
+        assert!(matches!(
+            h.service.login(&email, "not the password").await,
+            Err(Error::InvalidCredentials)
+        ));
+        h.service.login(&email, password).await.unwrap();
+        let row = idsvc::domain::Store::user(&*h.store, id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            row.password_hash.starts_with("$argon2id$"),
+            "{hash} not upgraded: {}",
+            row.password_hash
+        );
+        h.service.login(&email, password).await.unwrap();
+    }
+    let err = h
+        .service
+        .upsert_legacy(legacy(
+            4999,
+            "md5crypt@example.com",
+            1,
+            "$1$saltsalt$qjXMvbEw8oaL.CzflDugX/",
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Invalid { field: "password_hash", reason } if reason.contains("unsupported")),
+        "{err:?}"
+    );
 }

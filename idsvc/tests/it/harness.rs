@@ -85,4 +85,26 @@ impl Harness {
             dir,
         }
     }
+
+    /// A second service over the same store and keys, shareable across tasks
+    /// (the migration jobs take an `Arc`).
+    pub fn shared_service(&self) -> Arc<IdentityService> {
+        let keys = KeyRing::load(&self.dir.path().join("keys")).unwrap();
+        let params = PasswordParams {
+            memory_kib: 256,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let hashing = HashingPool::new(params, 2, 256).unwrap();
+        Arc::new(
+            IdentityService::new(
+                self.store.clone(),
+                self.clock.clone(),
+                &keys,
+                hashing,
+                Policy::default(),
+            )
+            .unwrap(),
+        )
+    }
 }

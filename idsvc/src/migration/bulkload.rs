@@ -1,0 +1,247 @@
+//! `idbase migrate bulkload`: source → transformed rows in `migration_staging`.
+//!
+//! A bounded pipeline: the source reader fills at most a few batches ahead,
+//! batch N+1 is transformed (sealed, blind-indexed) on a blocking thread while
+//! batch N is written with one multi-row statement. Each batch commits
+//! together with its rejects and the checkpoint (source rows consumed), so a
+//! crash or Ctrl-C resumes exactly after the last committed batch.
+
+use super::checkpoint;
+use super::mapping::{DuplicatesRule, Mapping};
+use super::progress::Progress;
+use super::source::{Record, Source};
+use super::transform::{LegacyRecord, Reject, Transformer};
+use crate::domain::{IdentityService, UserId};
+use crate::store::SqlStore;
+use anyhow::Context;
+use futures::TryStreamExt;
+use serde::Serialize;
+use sqlx::Row;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub const JOB: &str = "bulkload";
+
+/// What a bulkload did (the counts are cumulative over resumed runs).
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct BulkloadCounts {
+    pub source_rows: u64,
+    pub staged: u64,
+    pub rejected: u64,
+    pub duplicate_losers: u64,
+}
+
+pub struct BulkloadOptions {
+    pub batch: usize,
+    pub expected_rows: Option<u64>,
+    pub progress: bool,
+}
+
+/// Runs (or resumes) a bulkload. Returns `None` when cancelled mid-way (the
+/// checkpoint stays for the next run).
+pub async fn run(
+    service: Arc<IdentityService>,
+    store: &SqlStore,
+    source_spec: &str,
+    mapping: &Mapping,
+    options: &BulkloadOptions,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<BulkloadCounts>> {
+    let previous = checkpoint::load(store, JOB).await?;
+    let mut counts: BulkloadCounts = previous
+        .as_ref()
+        .map(|c| serde_json::from_str(&c.counts))
+        .transpose()?
+        .unwrap_or_default();
+    if previous.as_ref().is_some_and(|c| c.done) {
+        return Ok(Some(counts));
+    }
+    let mut skip = previous.map_or(0, |c| c.position) as u64;
+    let batch_size = options.batch.clamp(1, 2000);
+    let mut source = Source::open(source_spec, mapping, batch_size).await?;
+    let transformer = Arc::new(Transformer::new(mapping, &source)?);
+    let mut progress = Progress::new(JOB, options.progress, options.expected_rows, skip);
+    let mut pending: Option<tokio::task::JoinHandle<Transformed>> = None;
+    loop {
+        let next = if cancel.is_cancelled() {
+            None
+        } else {
+            source.next_batch().await?
+        };
+        let next = next.map(|mut batch| {
+            // Resuming: drop what earlier runs committed.
+            let drop = usize::try_from(skip).unwrap_or(usize::MAX).min(batch.len());
+            batch.drain(..drop);
+            skip -= drop as u64;
+            spawn_transform(Arc::clone(&service), Arc::clone(&transformer), batch)
+        });
+        if let Some(done) = pending.take() {
+            let transformed = done.await.context("transform task")?;
+            write_batch(store, &transformed, &mut counts).await?;
+            progress.advance(transformed.source_rows);
+        }
+        match next {
+            Some(handle) => pending = Some(handle),
+            None => break,
+        }
+    }
+    progress.finish();
+    if cancel.is_cancelled() {
+        return Ok(None);
+    }
+    counts.duplicate_losers = resolve_duplicates(store, mapping.duplicates).await?;
+    checkpoint::save(store, JOB, counts.source_rows as i64, true, &counts).await?;
+    Ok(Some(counts))
+}
+
+struct Transformed {
+    source_rows: u64,
+    staged: Vec<LegacyRecord>,
+    rejects: Vec<Reject>,
+}
+
+fn spawn_transform(
+    service: Arc<IdentityService>,
+    transformer: Arc<Transformer>,
+    batch: Vec<Record>,
+) -> tokio::task::JoinHandle<Transformed> {
+    tokio::task::spawn_blocking(move || {
+        let now = crate::domain::Clock::now_ms(&crate::domain::SystemClock);
+        let mut out = Transformed {
+            source_rows: batch.len() as u64,
+            staged: Vec::with_capacity(batch.len()),
+            rejects: Vec::new(),
+        };
+        for record in &batch {
+            match transformer.transform(&service, record, now) {
+                Ok(row) => out.staged.push(row),
+                Err(reject) => out.rejects.push(reject),
+            }
+        }
+        out
+    })
+}
+
+const STAGING_COLUMNS: &str = "id, email_sealed, email_index, phone_sealed, password_hash, \
+     version, created_at, updated_at, deleted, loser";
+
+async fn write_batch(
+    store: &SqlStore,
+    batch: &Transformed,
+    counts: &mut BulkloadCounts,
+) -> anyhow::Result<()> {
+    let mut tx = store.pool().begin().await?;
+    if !batch.staged.is_empty() {
+        // REPLACE: a batch re-read after a crash overwrites its own rows.
+        let mut sql = format!("REPLACE INTO migration_staging ({STAGING_COLUMNS}) VALUES ");
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"; batch.staged.len()].join(", ");
+        sql.push_str(&values);
+        let mut query = sqlx::query(&sql);
+        for r in &batch.staged {
+            query = query
+                .bind(r.row.id)
+                .bind(r.row.email_sealed.clone())
+                .bind(r.row.email_index.clone())
+                .bind(r.row.phone_sealed.clone())
+                .bind(r.row.password_hash.clone())
+                .bind(r.row.version)
+                .bind(r.row.created_at)
+                .bind(r.row.updated_at)
+                .bind(i64::from(r.deleted));
+        }
+        query.execute(&mut *tx).await?;
+    }
+    for reject in &batch.rejects {
+        sqlx::query("REPLACE INTO migration_rejects (job, source_id, reason) VALUES (?, ?, ?)")
+            .bind(JOB)
+            .bind(truncate(&reject.id, 64))
+            .bind(truncate(&reject.reason, 500))
+            .execute(&mut *tx)
+            .await?;
+    }
+    counts.source_rows += batch.source_rows;
+    counts.staged += batch.staged.len() as u64;
+    counts.rejected += batch.rejects.len() as u64;
+    checkpoint::save_in(&mut tx, JOB, counts.source_rows as i64, false, counts).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// Applies the duplicates rule among live staged rows sharing an email and
+/// records every loser in `migration_conflicts`. Idempotent.
+async fn resolve_duplicates(store: &SqlStore, rule: DuplicatesRule) -> anyhow::Result<u64> {
+    let pool = store.pool();
+    sqlx::query("UPDATE migration_staging SET loser = 0 WHERE loser <> 0")
+        .execute(pool)
+        .await?;
+    sqlx::query("DELETE FROM migration_conflicts WHERE job = ?")
+        .bind(JOB)
+        .execute(pool)
+        .await?;
+    // Rows come grouped by email; only one group is held at a time.
+    let mut rows = sqlx::query(
+        "SELECT s.id, s.email_index, s.updated_at FROM migration_staging s \
+         JOIN (SELECT email_index FROM migration_staging WHERE deleted = 0 \
+               GROUP BY email_index HAVING COUNT(*) > 1) d ON d.email_index = s.email_index \
+         WHERE s.deleted = 0 ORDER BY s.email_index, s.id",
+    )
+    .fetch(pool);
+    let mut losers: Vec<(UserId, UserId)> = Vec::new();
+    let mut group: Vec<(UserId, i64)> = Vec::new();
+    let mut key: Option<Vec<u8>> = None;
+    while let Some(row) = rows.try_next().await? {
+        let index: Vec<u8> = row.try_get(1)?;
+        if key.as_ref() != Some(&index) {
+            settle(&group, rule, &mut losers);
+            group.clear();
+            key = Some(index);
+        }
+        group.push((row.try_get(0)?, row.try_get(2)?));
+    }
+    settle(&group, rule, &mut losers);
+    drop(rows);
+    let reason = match rule {
+        DuplicatesRule::LatestUpdated => {
+            "duplicate email: a more recently updated account keeps it"
+        }
+        DuplicatesRule::LowestId => "duplicate email: the oldest account keeps it",
+    };
+    for chunk in losers.chunks(500) {
+        let mut tx = pool.begin().await?;
+        for (loser, winner) in chunk {
+            sqlx::query("UPDATE migration_staging SET loser = 1 WHERE id = ?")
+                .bind(loser)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "REPLACE INTO migration_conflicts (job, id, winner, reason) VALUES (?, ?, ?, ?)",
+            )
+            .bind(JOB)
+            .bind(loser)
+            .bind(winner)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+    }
+    Ok(losers.len() as u64)
+}
+
+fn settle(group: &[(UserId, i64)], rule: DuplicatesRule, losers: &mut Vec<(UserId, UserId)>) {
+    let winner = match rule {
+        DuplicatesRule::LatestUpdated => group.iter().max_by_key(|(id, updated)| (*updated, *id)),
+        DuplicatesRule::LowestId => group.iter().min_by_key(|(id, _)| *id),
+    };
+    let Some(&(winner, _)) = winner else { return };
+    losers.extend(
+        group
+            .iter()
+            .filter(|(id, _)| *id != winner)
+            .map(|(id, _)| (*id, winner)),
+    );
+}

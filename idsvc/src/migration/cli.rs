@@ -1,0 +1,197 @@
+//! `idbase migrate …`: arguments and dispatch; `src/main.rs` only parses.
+
+use super::{Mapping, backfill, bulkload, checkpoint, reports};
+use crate::PolicyArgs;
+use crate::store::SqlStore;
+use anyhow::Context;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+/// Shared by every job.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Common {
+    /// idbase's database (the store the live service uses).
+    #[arg(long, env = "IDBASE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Directory of PII and blind-index keys (`idbase keys generate`).
+    #[arg(long, env = "IDBASE_KEYS_DIR")]
+    pub keys_dir: PathBuf,
+    /// The service's rules; the jobs use its sealing and indexing only.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum MigrateCommand {
+    /// Stream the legacy source into the staging table (resumable).
+    Bulkload(BulkloadArgs),
+    /// Fill absent users from staging in id-range batches (resumable, idempotent).
+    Backfill(BackfillArgs),
+    /// Jobs run, checkpoints, counts.
+    Status(StatusArgs),
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct BackfillArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Staged ids per batch (one INSERT … SELECT each).
+    #[arg(long, env = "IDBASE_MIGRATE_BATCH", default_value_t = 1000)]
+    pub batch: usize,
+    /// Write the conflicts (email owned by another id) as JSON lines here.
+    #[arg(long, env = "IDBASE_MIGRATE_CONFLICTS")]
+    pub conflicts: Option<PathBuf>,
+    /// Write the rows that failed (id + reason) as JSON lines here.
+    #[arg(long, env = "IDBASE_MIGRATE_REJECTS")]
+    pub rejects: Option<PathBuf>,
+    /// Forget the checkpoint and scan from the first id (changes nothing already done).
+    #[arg(long, env = "IDBASE_MIGRATE_RESTART")]
+    pub restart: bool,
+    /// No progress line on stderr.
+    #[arg(long, env = "IDBASE_MIGRATE_QUIET")]
+    pub quiet: bool,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct BulkloadArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// `tsv:PATH` (bcp -c export, gzip accepted), `mysql://…` or `sqlite://…`.
+    #[arg(long, env = "IDBASE_SOURCE", hide_env_values = true)]
+    pub source: String,
+    /// The mapping TOML (README: "Migration mapping").
+    #[arg(long, env = "IDBASE_MAPPING")]
+    pub mapping: PathBuf,
+    /// Rows per batch (one multi-row INSERT each).
+    #[arg(long, env = "IDBASE_MIGRATE_BATCH", default_value_t = 1000)]
+    pub batch: usize,
+    /// Source row count, for the ETA on stderr.
+    #[arg(long, env = "IDBASE_MIGRATE_EXPECTED_ROWS")]
+    pub expected_rows: Option<u64>,
+    /// Write the rejects (id + reason) as JSON lines here.
+    #[arg(long, env = "IDBASE_MIGRATE_REJECTS")]
+    pub rejects: Option<PathBuf>,
+    /// Write the duplicate-email losers (id, winner, reason) as JSON lines here.
+    #[arg(long, env = "IDBASE_MIGRATE_CONFLICTS")]
+    pub conflicts: Option<PathBuf>,
+    /// Forget the checkpoint and load from the start.
+    #[arg(long, env = "IDBASE_MIGRATE_RESTART")]
+    pub restart: bool,
+    /// No progress line on stderr.
+    #[arg(long, env = "IDBASE_MIGRATE_QUIET")]
+    pub quiet: bool,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// What a job prints on stdout (JSON) and whether the process should fail.
+pub struct Outcome {
+    pub report: serde_json::Value,
+    pub success: bool,
+}
+
+/// Runs one `idbase migrate` job.
+pub async fn run(command: MigrateCommand, cancel: CancellationToken) -> anyhow::Result<Outcome> {
+    match command {
+        MigrateCommand::Bulkload(args) => run_bulkload(args, cancel).await,
+        MigrateCommand::Backfill(args) => run_backfill(args, cancel).await,
+        MigrateCommand::Status(args) => {
+            let store = SqlStore::connect(&args.common.database_url).await?;
+            let jobs = checkpoint::all(&store).await?;
+            let jobs: Vec<serde_json::Value> = jobs
+                .into_iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "job": c.job,
+                        "position": c.position,
+                        "done": c.done,
+                        "counts": serde_json::from_str::<serde_json::Value>(&c.counts).unwrap_or_default(),
+                        "updated_at_ms": c.updated_at,
+                    })
+                })
+                .collect();
+            Ok(Outcome {
+                report: serde_json::json!({ "jobs": jobs }),
+                success: true,
+            })
+        }
+    }
+}
+
+async fn run_bulkload(args: BulkloadArgs, cancel: CancellationToken) -> anyhow::Result<Outcome> {
+    let mapping = Mapping::load(&args.mapping)?;
+    let service = crate::build_service(
+        &args.common.database_url,
+        &args.common.keys_dir,
+        &args.common.policy,
+    )
+    .await?;
+    let store = SqlStore::connect(&args.common.database_url).await?;
+    if args.restart {
+        checkpoint::reset(&store, bulkload::JOB).await?;
+    }
+    let options = bulkload::BulkloadOptions {
+        batch: args.batch,
+        expected_rows: args.expected_rows,
+        progress: !args.quiet,
+    };
+    let started = std::time::Instant::now();
+    let counts = bulkload::run(service, &store, &args.source, &mapping, &options, &cancel)
+        .await
+        .context("bulkload")?;
+    let Some(counts) = counts else {
+        return Ok(Outcome {
+            report: serde_json::json!({"job": "bulkload", "interrupted": true}),
+            success: false,
+        });
+    };
+    if let Some(path) = &args.rejects {
+        reports::write_rejects(&store, bulkload::JOB, path).await?;
+    }
+    if let Some(path) = &args.conflicts {
+        reports::write_conflicts(&store, bulkload::JOB, path).await?;
+    }
+    Ok(Outcome {
+        report: serde_json::json!({
+            "job": "bulkload",
+            "counts": counts,
+            "seconds": started.elapsed().as_secs_f64(),
+        }),
+        success: true,
+    })
+}
+
+async fn run_backfill(args: BackfillArgs, cancel: CancellationToken) -> anyhow::Result<Outcome> {
+    let store = SqlStore::connect(&args.common.database_url).await?;
+    if args.restart {
+        checkpoint::reset(&store, backfill::JOB).await?;
+    }
+    let started = std::time::Instant::now();
+    let counts = backfill::run(&store, args.batch, !args.quiet, &cancel)
+        .await
+        .context("backfill")?;
+    let Some(counts) = counts else {
+        return Ok(Outcome {
+            report: serde_json::json!({"job": "backfill", "interrupted": true}),
+            success: false,
+        });
+    };
+    if let Some(path) = &args.rejects {
+        reports::write_rejects(&store, backfill::JOB, path).await?;
+    }
+    if let Some(path) = &args.conflicts {
+        reports::write_conflicts(&store, backfill::JOB, path).await?;
+    }
+    Ok(Outcome {
+        report: serde_json::json!({
+            "job": "backfill",
+            "counts": counts,
+            "seconds": started.elapsed().as_secs_f64(),
+        }),
+        success: true,
+    })
+}

@@ -1,0 +1,18 @@
+//! The zero-downtime migration toolkit (`idbase migrate …`): legacy sources
+//! and their mapping, the transformation of a legacy row into the row a
+//! double write would store, and the jobs.
+
+pub mod backfill;
+pub mod bulkload;
+pub mod checkpoint;
+pub mod cli;
+pub mod mapping;
+pub mod progress;
+pub mod reports;
+pub mod source;
+pub mod transform;
+
+pub use cli::{MigrateCommand, Outcome, run};
+pub use mapping::Mapping;
+pub use source::{Record, Source};
+pub use transform::{LegacyRecord, Transformer};
