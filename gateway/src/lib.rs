@@ -17,7 +17,7 @@ use crate::access::AccessVerifier;
 use crate::clients::Clients;
 use crate::problem::Problem;
 use crate::routes::{AppState, internal, meta, sessions, users};
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamArgs, UpstreamConfig};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -38,9 +38,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
 /// `idbase gateway`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct GatewayArgs {
-    /// idsvc's gRPC URL.
-    #[arg(long, env = "IDBASE_IDSVC")]
-    pub idsvc: String,
+    #[command(flatten)]
+    pub upstream: UpstreamArgs,
     /// Clients file (TOML: id, class, token_sha256 per client).
     #[arg(long, env = "IDBASE_CLIENTS")]
     pub clients: PathBuf,
@@ -54,14 +53,14 @@ pub struct GatewayArgs {
 
 /// What a gateway needs to serve, however it was configured.
 pub struct GatewayConfig {
-    pub idsvc_url: String,
+    pub upstream: UpstreamConfig,
     pub clients: Clients,
     pub max_body_bytes: usize,
 }
 
 /// The whole HTTP API.
 pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
-    let upstream = Upstream::new(&config.idsvc_url).context("idsvc URL")?;
+    let upstream = Upstream::new(config.upstream).context("idsvc URL")?;
     let state = AppState {
         verifier: Arc::new(AccessVerifier::new(upstream.clone())),
         upstream,
@@ -97,6 +96,7 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
         .route("/metrics", get(meta::metrics));
     Ok(clients_only
         .merge(open)
+        .route_layer(from_fn(upstream::trace::report))
         .route_layer(from_fn(telemetry::observe))
         .fallback(|| async {
             Problem::new(
@@ -138,7 +138,7 @@ pub async fn run(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         .await
         .with_context(|| format!("binding {}", args.http))?;
     let config = GatewayConfig {
-        idsvc_url: args.idsvc,
+        upstream: args.upstream.into(),
         clients,
         max_body_bytes: args.max_body_bytes,
     };

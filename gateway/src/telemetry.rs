@@ -67,6 +67,11 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     let span = tracing::info_span!("http", request_id = %id, %method, route, client = tracing::field::Empty);
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
+    let served = response
+        .extensions()
+        .get::<crate::upstream::trace::Served>()
+        .cloned()
+        .unwrap_or_default();
     let latency = started.elapsed();
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
@@ -83,6 +88,8 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         tracing::info!(
             status,
             latency_ms = latency.as_secs_f64() * 1000.0,
+            upstream = served.endpoint.as_deref(),
+            upstream_retries = served.retries,
             "request"
         )
     });
