@@ -2,3 +2,4 @@
 //! driven over HTTP like a mobile app and the legacy web tier would.
 
 mod api;
+mod failover;

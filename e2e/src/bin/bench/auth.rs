@@ -2,7 +2,7 @@
 //! three calls members make most: login (argon2id-bound), refresh (database-
 //! bound) and `GET /v1/users/me` (JWT verify + one read).
 
-use crate::load::{Stats, drive, rss_mib};
+use crate::load::{drive, rss_mib};
 use anyhow::{Context, bail};
 use e2e::{Deployment, Options, fresh_mysql_database};
 use idsvc::crypto::PasswordParams;

@@ -6,6 +6,7 @@
 //! README. These are measurements, not pass/fail tests.
 
 mod auth;
+mod failover;
 mod load;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,8 @@ struct Cli {
 enum Bench {
     /// Logins, refreshes and `GET /v1/users/me` through the gateway, against the raw argon2id limit.
     Auth(auth::Args),
+    /// `GET /v1/users/me` with both idsvc endpoints up vs the first one down.
+    GatewayFailover(failover::Args),
 }
 
 #[tokio::main]
@@ -32,6 +35,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let figures = match cli.bench {
         Bench::Auth(args) => auth::run(args).await?,
+        Bench::GatewayFailover(args) => failover::run(args).await?,
     };
     let text = serde_json::to_string_pretty(&figures)?;
     println!("{text}");
