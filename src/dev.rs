@@ -101,7 +101,10 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         .with_context(|| format!("binding {}", args.http))?;
     let gateway_url = format!("http://{}", http.local_addr()?);
     let config = gateway::GatewayConfig {
-        idsvc_url: format!("http://{}", grpc.local_addr()?),
+        upstream: gateway::upstream::UpstreamConfig::single(format!(
+            "http://{}",
+            grpc.local_addr()?
+        )),
         clients,
         max_body_bytes: gateway::DEFAULT_MAX_BODY_BYTES,
         edge: gateway::edge::Edge::default(),

@@ -83,13 +83,66 @@ pub struct Tokens {
     pub mobile: String,
 }
 
-/// idsvc + gateway as two processes on a fresh MariaDB database.
+/// idsvc + gateway as two processes on a fresh MariaDB database (or, with
+/// [`Deployment::start_cluster`], several idsvc processes on the same
+/// database behind one gateway).
 pub struct Deployment {
     pub gateway_url: String,
     pub tokens: Tokens,
+    /// The first (preferred) idsvc.
     pub idsvc: Process,
     pub gateway: Process,
+    /// The idsvc gRPC addresses in the gateway's preference order.
+    pub idsvc_grpc: Vec<String>,
+    /// idsvc processes after the first, in order (`None` once killed).
+    pub more_idsvc: Vec<Option<Process>>,
+    idsvc_launch: IdsvcLaunch,
     _dir: tempfile::TempDir,
+}
+
+/// How to (re)start an idsvc process of a deployment.
+struct IdsvcLaunch {
+    binary: PathBuf,
+    database_url: String,
+    keys: PathBuf,
+    args: Vec<String>,
+    log_level: String,
+}
+
+impl IdsvcLaunch {
+    fn spawn(&self, grpc: &str) -> anyhow::Result<Process> {
+        let admin = free_addr()?;
+        Ok(Process(
+            Command::new(&self.binary)
+                .args([
+                    "idsvc",
+                    "--database-url",
+                    &self.database_url,
+                    "--grpc",
+                    grpc,
+                    "--admin-grpc",
+                    &admin,
+                ])
+                .arg("--keys-dir")
+                .arg(&self.keys)
+                .args(&self.args)
+                .env("RUST_LOG", &self.log_level)
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting idsvc")?,
+        ))
+    }
+}
+
+/// Several idsvc endpoints behind one gateway.
+pub struct Cluster<'a> {
+    /// idsvc processes, all on the same database.
+    pub idsvcs: usize,
+    /// Extra gateway flags (e.g. upstream timeouts).
+    pub gateway_args: &'a [&'a str],
+    /// Addresses listed before the idsvc processes in `--idsvc` (e.g. a
+    /// refusing or blackholed endpoint the caller controls).
+    pub leading_endpoints: &'a [String],
 }
 
 /// Extra idsvc flags, e.g. cheap argon2 for functional tests.
@@ -109,6 +162,20 @@ impl Deployment {
         options: Options<'_>,
         gateway_args: &[&str],
     ) -> anyhow::Result<Self> {
+        let single = Cluster {
+            idsvcs: 1,
+            gateway_args,
+            leading_endpoints: &[],
+        };
+        Self::start_cluster(database_url, options, single).await
+    }
+
+    pub async fn start_cluster(
+        database_url: &str,
+        options: Options<'_>,
+        cluster: Cluster<'_>,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(cluster.idsvcs >= 1, "a deployment needs an idsvc");
         let binary = idbase_binary()?;
         let dir = tempfile::tempdir()?;
         let keys = dir.path().join("keys");
@@ -135,39 +202,36 @@ impl Deployment {
         );
         let clients_file = dir.path().join("clients.toml");
         std::fs::write(&clients_file, clients)?;
-        let (grpc, admin, http) = (free_addr()?, free_addr()?, free_addr()?);
+        let http = free_addr()?;
         let log_level = std::env::var("IDBASE_E2E_LOG").unwrap_or_else(|_| "warn".into());
-        let idsvc = Process(
-            Command::new(&binary)
-                .args([
-                    "idsvc",
-                    "--database-url",
-                    database_url,
-                    "--grpc",
-                    &grpc,
-                    "--admin-grpc",
-                    &admin,
-                ])
-                .arg("--keys-dir")
-                .arg(&keys)
-                .args(options.idsvc_args)
-                .env("RUST_LOG", &log_level)
-                .stdout(Stdio::null())
-                .spawn()
-                .context("starting idsvc")?,
-        );
+        let launch = IdsvcLaunch {
+            binary: binary.clone(),
+            database_url: database_url.to_owned(),
+            keys,
+            args: options.idsvc_args.iter().map(|a| (*a).to_owned()).collect(),
+            log_level: log_level.clone(),
+        };
+        let idsvc_grpc = (0..cluster.idsvcs)
+            .map(|_| free_addr())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let idsvc = launch.spawn(&idsvc_grpc[0])?;
+        let more_idsvc = idsvc_grpc[1..]
+            .iter()
+            .map(|grpc| launch.spawn(grpc).map(Some))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let endpoints = cluster
+            .leading_endpoints
+            .iter()
+            .cloned()
+            .chain(idsvc_grpc.iter().map(|grpc| format!("http://{grpc}")))
+            .collect::<Vec<_>>()
+            .join(",");
         let gateway = Process(
             Command::new(&binary)
-                .args([
-                    "gateway",
-                    "--idsvc",
-                    &format!("http://{grpc}"),
-                    "--http",
-                    &http,
-                ])
+                .args(["gateway", "--idsvc", &endpoints, "--http", &http])
                 .arg("--clients")
                 .arg(&clients_file)
-                .args(gateway_args)
+                .args(cluster.gateway_args)
                 .env("RUST_LOG", &log_level)
                 .stdout(Stdio::null())
                 .spawn()
@@ -178,10 +242,51 @@ impl Deployment {
             tokens,
             idsvc,
             gateway,
+            idsvc_grpc,
+            more_idsvc,
+            idsvc_launch: launch,
             _dir: dir,
         };
         deployment.wait_ready().await?;
         Ok(deployment)
+    }
+
+    /// SIGKILLs the `n`-th idsvc (0 is the preferred one) and reaps it.
+    pub fn kill_idsvc(&mut self, n: usize) -> anyhow::Result<()> {
+        let process = if n == 0 {
+            &mut self.idsvc
+        } else {
+            match self.more_idsvc.get_mut(n - 1).and_then(Option::as_mut) {
+                Some(process) => process,
+                None => bail!("no running idsvc {n}"),
+            }
+        };
+        process.0.kill()?;
+        process.0.wait()?;
+        if n > 0 {
+            self.more_idsvc[n - 1] = None;
+        }
+        Ok(())
+    }
+
+    /// Starts the `n`-th idsvc again on its address, and waits until it
+    /// accepts connections.
+    pub async fn restart_idsvc(&mut self, n: usize) -> anyhow::Result<()> {
+        let grpc = self.idsvc_grpc.get(n).context("no such idsvc")?.clone();
+        let process = self.idsvc_launch.spawn(&grpc)?;
+        if n == 0 {
+            self.idsvc = process;
+        } else {
+            self.more_idsvc[n - 1] = Some(process);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while tokio::net::TcpStream::connect(&grpc).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("idsvc {n} not listening on {grpc} within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
@@ -236,4 +341,14 @@ pub async fn fresh_mysql_database() -> anyhow::Result<String> {
         .rsplit_once('/')
         .map_or(server.as_str(), |(base, _)| base);
     Ok(format!("{base}/{name}"))
+}
+
+/// The value of a gateway upstream metric for one endpoint in Prometheus text
+/// (0 when the series does not exist yet).
+pub fn upstream_metric(text: &str, name: &str, endpoint: &str) -> f64 {
+    let series = format!("{name}{{endpoint=\"{endpoint}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
 }

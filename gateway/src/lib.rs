@@ -23,7 +23,7 @@ use crate::access::AccessVerifier;
 use crate::clients::Clients;
 use crate::problem::Problem;
 use crate::routes::{AppState, internal, meta, sessions, users};
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamArgs, UpstreamConfig};
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -44,9 +44,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
 /// `idbase gateway`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct GatewayArgs {
-    /// idsvc's gRPC URL.
-    #[arg(long, env = "IDBASE_IDSVC")]
-    pub idsvc: String,
+    #[command(flatten)]
+    pub upstream: UpstreamArgs,
     /// Clients file (TOML: id, class, token_sha256 per client).
     #[arg(long, env = "IDBASE_CLIENTS")]
     pub clients: PathBuf,
@@ -64,7 +63,7 @@ pub struct GatewayArgs {
 
 /// What a gateway needs to serve, however it was configured.
 pub struct GatewayConfig {
-    pub idsvc_url: String,
+    pub upstream: UpstreamConfig,
     pub clients: Clients,
     pub max_body_bytes: usize,
     /// Source address, WAF, login-anomaly detection.
@@ -73,7 +72,7 @@ pub struct GatewayConfig {
 
 /// The whole HTTP API.
 pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
-    let upstream = Upstream::new(&config.idsvc_url).context("idsvc URL")?;
+    let upstream = Upstream::new(config.upstream).context("idsvc URL")?;
     let state = AppState {
         verifier: Arc::new(AccessVerifier::new(upstream.clone())),
         upstream,
@@ -116,6 +115,7 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
     Ok(clients_only
         .merge(open)
         .route_layer(from_fn_with_state(edge, edge::guard))
+        .route_layer(from_fn(upstream::trace::report))
         .route_layer(from_fn(telemetry::observe))
         .fallback(|| async {
             Problem::new(
@@ -219,7 +219,7 @@ pub async fn run(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         _ => None,
     };
     let config = GatewayConfig {
-        idsvc_url: args.idsvc,
+        upstream: args.upstream.into(),
         clients,
         max_body_bytes: args.max_body_bytes,
         edge: edge::Edge::from_args(args.edge, clock::Clock::default())?,

@@ -67,6 +67,11 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     let span = tracing::info_span!("http", request_id = %id, %method, route, client = tracing::field::Empty);
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
+    let served = response
+        .extensions()
+        .get::<crate::upstream::trace::Served>()
+        .cloned()
+        .unwrap_or_default();
     let latency = started.elapsed();
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
@@ -95,6 +100,8 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
             latency_ms = latency.as_secs_f64() * 1000.0,
             source_ip = source_ip.map(tracing::field::display),
             waf,
+            upstream = served.endpoint.as_deref(),
+            upstream_retries = served.retries,
             "request"
         )
     });

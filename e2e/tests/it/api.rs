@@ -3,8 +3,8 @@ use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
 /// Cheap argon2 keeps the suite fast; the scheme is still argon2id.
-const CHEAP: &[&str] = &["--argon2-memory-kib", "256", "--argon2-iterations", "1"];
-const PASSWORD: &str = "correct horse battery";
+pub(crate) const CHEAP: &[&str] = &["--argon2-memory-kib", "256", "--argon2-iterations", "1"];
+pub(crate) const PASSWORD: &str = "correct horse battery";
 
 async fn deploy() -> Deployment {
     let url = fresh_mysql_database().await.unwrap();
@@ -13,26 +13,31 @@ async fn deploy() -> Deployment {
         .unwrap()
 }
 
-struct Api<'a> {
+pub(crate) struct Api<'a> {
     d: &'a Deployment,
     http: Client,
 }
 
 impl<'a> Api<'a> {
-    fn new(d: &'a Deployment) -> Self {
+    pub(crate) fn new(d: &'a Deployment) -> Self {
         Self {
             d,
             http: Client::new(),
         }
     }
 
-    fn req(&self, method: reqwest::Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn req(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+    ) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.d.gateway_url))
             .header("Client-Token", token)
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
         let answer = request.send().await.unwrap();
         let status = answer.status();
         let text = answer.text().await.unwrap();

@@ -5,7 +5,7 @@ use super::AppState;
 use crate::api::{Json, LegacyUserBody, UpsertBody, UpsertOutcome, VersionQuery};
 use crate::problem::Problem;
 use crate::telemetry::RequestId;
-use crate::upstream::call;
+use crate::upstream::Retry;
 use axum::Extension;
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
@@ -50,10 +50,10 @@ pub async fn upsert(
     };
     let answer: UpsertBody = state
         .upstream
-        .identity()
-        .upsert_legacy_user(call(request, &rid))
+        .call(Retry::Idempotent, &rid, request, |mut c, r| async move {
+            c.upsert_legacy_user(r).await
+        })
         .await?
-        .into_inner()
         .into();
     let status = match answer.outcome {
         UpsertOutcome::Created => StatusCode::CREATED,
@@ -85,8 +85,9 @@ pub async fn delete(
     };
     state
         .upstream
-        .identity()
-        .delete_legacy_user(call(request, &rid))
+        .call(Retry::Idempotent, &rid, request, |mut c, r| async move {
+            c.delete_legacy_user(r).await
+        })
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

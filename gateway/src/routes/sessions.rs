@@ -4,7 +4,7 @@ use super::AppState;
 use crate::api::{Json, LoginBody, RefreshTokenBody, TokenBody};
 use crate::problem::Problem;
 use crate::telemetry::RequestId;
-use crate::upstream::call;
+use crate::upstream::Retry;
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -31,7 +31,12 @@ pub async fn login(
         email: body.email,
         password: body.password,
     };
-    let result = state.upstream.identity().login(call(request, &rid)).await;
+    let result = state
+        .upstream
+        .call(Retry::Unsafe, &rid, request, |mut c, r| async move {
+            c.login(r).await
+        })
+        .await;
     let outcome = match &result {
         Ok(_) => "success",
         Err(status) => match status
@@ -46,7 +51,7 @@ pub async fn login(
         },
     };
     metrics::counter!("idbase_logins_total", "outcome" => outcome).increment(1);
-    Ok(Json(result?.into_inner().into()))
+    Ok(Json(result?.into()))
 }
 
 /// Rotate a refresh token. A token presented again after its rotation (past a
@@ -71,10 +76,10 @@ pub async fn refresh(
     };
     let pair = state
         .upstream
-        .identity()
-        .refresh(call(request, &rid))
-        .await?
-        .into_inner();
+        .call(Retry::Idempotent, &rid, request, |mut c, r| async move {
+            c.refresh(r).await
+        })
+        .await?;
     Ok(Json(pair.into()))
 }
 
@@ -99,8 +104,9 @@ pub async fn revoke(
     };
     state
         .upstream
-        .identity()
-        .revoke(call(request, &rid))
+        .call(Retry::Idempotent, &rid, request, |mut c, r| async move {
+            c.revoke(r).await
+        })
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,7 +5,7 @@ use crate::access::Bearer;
 use crate::api::{Json, RegisterBody, UpdateMeBody, UserBody, WithdrawBody};
 use crate::problem::Problem;
 use crate::telemetry::RequestId;
-use crate::upstream::call;
+use crate::upstream::Retry;
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -35,10 +35,10 @@ pub async fn register(
     };
     let user = state
         .upstream
-        .identity()
-        .register(call(request, &rid))
-        .await?
-        .into_inner();
+        .call(Retry::Unsafe, &rid, request, |mut c, r| async move {
+            c.register(r).await
+        })
+        .await?;
     Ok((StatusCode::CREATED, Json(user.into())))
 }
 
@@ -60,10 +60,10 @@ pub async fn me(
     };
     let user = state
         .upstream
-        .identity()
-        .get_me(call(request, &rid))
-        .await?
-        .into_inner();
+        .call(Retry::Idempotent, &rid, request, |mut c, r| async move {
+            c.get_me(r).await
+        })
+        .await?;
     Ok(Json(user.into()))
 }
 
@@ -96,10 +96,10 @@ pub async fn update_me(
     };
     let user = state
         .upstream
-        .identity()
-        .update_me(call(request, &rid))
-        .await?
-        .into_inner();
+        .call(Retry::Unsafe, &rid, request, |mut c, r| async move {
+            c.update_me(r).await
+        })
+        .await?;
     Ok(Json(user.into()))
 }
 
@@ -128,8 +128,9 @@ pub async fn withdraw(
     };
     state
         .upstream
-        .identity()
-        .withdraw(call(request, &rid))
+        .call(Retry::Unsafe, &rid, request, |mut c, r| async move {
+            c.withdraw(r).await
+        })
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

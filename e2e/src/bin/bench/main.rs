@@ -6,6 +6,7 @@
 //! README. These are measurements, not pass/fail tests.
 
 mod auth;
+mod failover;
 mod load;
 mod waf;
 
@@ -28,6 +29,8 @@ enum Bench {
     Auth(auth::Args),
     /// `GET /v1/users/me` with the full WAF rule set against the WAF off.
     GatewayWaf(waf::Args),
+    /// `GET /v1/users/me` with both idsvc endpoints up vs the first one down.
+    GatewayFailover(failover::Args),
 }
 
 #[tokio::main]
@@ -36,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
     let figures = match cli.bench {
         Bench::Auth(args) => auth::run(args).await?,
         Bench::GatewayWaf(args) => waf::run(args).await?,
+        Bench::GatewayFailover(args) => failover::run(args).await?,
     };
     let text = serde_json::to_string_pretty(&figures)?;
     println!("{text}");

@@ -1,0 +1,354 @@
+//! The gateway's one way to idsvc: gRPC calls that carry the request id and
+//! fail over across idsvc endpoints (one per cluster) in preference order.
+//!
+//! Envoy's router and outlier detection are the model: each try has a
+//! timeout and the request an overall deadline; a try that cannot connect,
+//! gets UNAVAILABLE or times out moves to the next endpoint, but only calls
+//! that are safe to replay move on once the request may have reached idsvc
+//! ([`Retry`]); retries spend a [`budget::RetryBudget`]; endpoints that keep
+//! failing are ejected ([`ejection`]) and health-checked back in ([`health`]).
+
+pub mod budget;
+pub mod ejection;
+pub mod health;
+pub mod pool;
+pub mod trace;
+
+use crate::problem::Problem;
+use budget::RetryBudget;
+use ejection::EjectionPolicy;
+use idbase_proto::v1::{self as pb, identity_client::IdentityClient};
+use pool::{Endpoint, Pool};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// Flags for the way to idsvc (`idbase gateway`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct UpstreamArgs {
+    /// idsvc's gRPC URLs, comma-separated, in preference order (one per cluster).
+    #[arg(long, env = "IDBASE_IDSVC", value_delimiter = ',', required = true)]
+    pub idsvc: Vec<String>,
+    /// Longest one try of a retriable call may take before it moves on.
+    #[arg(
+        long,
+        env = "IDBASE_UPSTREAM_PER_TRY_TIMEOUT_MS",
+        default_value_t = 1_000
+    )]
+    pub upstream_per_try_timeout_ms: u64,
+    /// Longest a whole call may take, retries included.
+    #[arg(long, env = "IDBASE_UPSTREAM_DEADLINE_MS", default_value_t = 10_000)]
+    pub upstream_deadline_ms: u64,
+    /// Retries may add at most this percentage on top of the request rate.
+    #[arg(
+        long,
+        env = "IDBASE_UPSTREAM_RETRY_BUDGET_PERCENT",
+        default_value_t = 20
+    )]
+    pub upstream_retry_budget_percent: u32,
+    /// Retries per second allowed regardless of the budget (low traffic).
+    #[arg(
+        long,
+        env = "IDBASE_UPSTREAM_MIN_RETRIES_PER_SEC",
+        default_value_t = 10
+    )]
+    pub upstream_min_retries_per_sec: u32,
+    /// Consecutive failures that eject an endpoint.
+    #[arg(long, env = "IDBASE_UPSTREAM_EJECT_AFTER", default_value_t = 5)]
+    pub upstream_eject_after: u32,
+    /// First ejection time; the k-th recent ejection lasts k times this.
+    #[arg(
+        long,
+        env = "IDBASE_UPSTREAM_BASE_EJECTION_MS",
+        default_value_t = 30_000
+    )]
+    pub upstream_base_ejection_ms: u64,
+    /// Longest ejection.
+    #[arg(
+        long,
+        env = "IDBASE_UPSTREAM_MAX_EJECTION_MS",
+        default_value_t = 300_000
+    )]
+    pub upstream_max_ejection_ms: u64,
+    /// How often ejected endpoints are health-checked once their time is up.
+    #[arg(
+        long,
+        env = "IDBASE_UPSTREAM_HEALTH_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
+    pub upstream_health_interval_ms: u64,
+}
+
+/// How the gateway reaches idsvc, however it was configured.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    pub endpoints: Vec<String>,
+    pub per_try_timeout: Duration,
+    pub deadline: Duration,
+    pub retry_budget_percent: u32,
+    pub min_retries_per_sec: u32,
+    pub ejection: EjectionPolicy,
+    pub health_interval: Duration,
+}
+
+impl UpstreamConfig {
+    /// One endpoint with the default policy (`idbase dev`, tests).
+    pub fn single(url: String) -> Self {
+        Self {
+            endpoints: vec![url],
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    /// Envoy's defaults where Envoy has one; a per-try timeout far above a
+    /// healthy read (milliseconds) and a deadline that fits a queued argon2
+    /// hash and stays inside idsvc's 10 s refresh grace window.
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            per_try_timeout: Duration::from_secs(1),
+            deadline: Duration::from_secs(10),
+            retry_budget_percent: 20,
+            min_retries_per_sec: 10,
+            ejection: EjectionPolicy {
+                consecutive_failures: 5,
+                base: Duration::from_secs(30),
+                max: Duration::from_secs(300),
+            },
+            health_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl From<UpstreamArgs> for UpstreamConfig {
+    fn from(args: UpstreamArgs) -> Self {
+        let ms = Duration::from_millis;
+        Self {
+            endpoints: args
+                .idsvc
+                .into_iter()
+                .map(|url| url.trim().to_owned())
+                .filter(|url| !url.is_empty())
+                .collect(),
+            per_try_timeout: ms(args.upstream_per_try_timeout_ms),
+            deadline: ms(args.upstream_deadline_ms),
+            retry_budget_percent: args.upstream_retry_budget_percent,
+            min_retries_per_sec: args.upstream_min_retries_per_sec,
+            ejection: EjectionPolicy {
+                consecutive_failures: args.upstream_eject_after,
+                base: ms(args.upstream_base_ejection_ms),
+                max: ms(args.upstream_max_ejection_ms),
+            },
+            health_interval: ms(args.upstream_health_interval_ms),
+        }
+    }
+}
+
+/// Whether a call may be sent again after it may have reached idsvc. The
+/// table per RPC is in README ("Upstreams").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Replaying it changes nothing (reads, versioned writes, revoke, a
+    /// refresh inside idsvc's grace window, a registration with an
+    /// Idempotency-Key): moves on after UNAVAILABLE or a per-try timeout.
+    Idempotent,
+    /// Replaying it could act twice: moves on only when the try surely never
+    /// left (no connection), and its one try has the whole deadline.
+    Unsafe,
+}
+
+/// What a failed try tells us.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// No connection was made: nothing was sent.
+    NotSent,
+    /// The connection broke or the try timed out: idsvc may have acted.
+    MaybeSent,
+}
+
+/// idsvc answers every domain outcome with its own code and `idbase-problem`;
+/// UNAVAILABLE, DEADLINE_EXCEEDED and CANCELLED without it are transport.
+fn failure_of(status: &Status) -> Option<Failure> {
+    if status.metadata().get("idbase-problem").is_some() {
+        return None;
+    }
+    match status.code() {
+        // hyper-util names every failure before a connection exists
+        // "tcp … error" or "dns error" (checked by a test against a closed port).
+        Code::Unavailable
+            if status.message().starts_with("tcp ") || status.message().starts_with("dns ") =>
+        {
+            Some(Failure::NotSent)
+        }
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Some(Failure::MaybeSent),
+        _ => None,
+    }
+}
+
+#[derive(Clone)]
+pub struct Upstream {
+    pool: Arc<Pool>,
+}
+
+impl Upstream {
+    pub fn new(config: UpstreamConfig) -> anyhow::Result<Self> {
+        anyhow::ensure!(!config.endpoints.is_empty(), "no idsvc endpoint given");
+        let budget = RetryBudget::new(config.retry_budget_percent, config.min_retries_per_sec);
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|url| Endpoint::new(url, config.per_try_timeout))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let pool = Arc::new(Pool {
+            endpoints,
+            budget,
+            config,
+        });
+        // Outside a runtime (a router built in a sync test) nothing is ejected
+        // for long enough to need the checker.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(health::check_ejected(Arc::downgrade(&pool)));
+        }
+        Ok(Self { pool })
+    }
+
+    /// One idsvc call with failover. `rpc` sends the request on a client.
+    pub async fn call<Req, Resp, F, Fut>(
+        &self,
+        retry: Retry,
+        request_id: &str,
+        message: Req,
+        mut rpc: F,
+    ) -> Result<Resp, Status>
+    where
+        Req: Clone,
+        F: FnMut(IdentityClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let pool = &self.pool;
+        let deadline = Instant::now() + pool.config.deadline;
+        pool.budget.deposit();
+        let mut retries = 0;
+        let mut tried = None;
+        let mut last = Status::unavailable("no idsvc endpoint answered");
+        for (n, endpoint) in pool.in_order().into_iter().enumerate() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            if n > 0 {
+                if !pool.budget.withdraw() {
+                    metrics::counter!("idbase_upstream_retry_budget_exhausted_total").increment(1);
+                    break;
+                }
+                retries += 1;
+                endpoint.count_retry();
+            }
+            let limit = match retry {
+                Retry::Idempotent => pool.config.per_try_timeout.min(remaining),
+                Retry::Unsafe => remaining,
+            };
+            let mut request = call(message.clone(), request_id);
+            request.set_timeout(limit);
+            endpoint.count_request();
+            let answer = tokio::time::timeout(limit, rpc(endpoint.client(), request)).await;
+            let failure = match answer {
+                Ok(Ok(response)) => {
+                    endpoint.on_success();
+                    trace::record(&endpoint.url, retries);
+                    return Ok(response.into_inner());
+                }
+                Ok(Err(status)) => match failure_of(&status) {
+                    None => {
+                        endpoint.on_success();
+                        trace::record(&endpoint.url, retries);
+                        return Err(status);
+                    }
+                    Some(failure) => {
+                        last = status;
+                        failure
+                    }
+                },
+                Err(_elapsed) => {
+                    last = Status::deadline_exceeded("idsvc try timed out");
+                    Failure::MaybeSent
+                }
+            };
+            endpoint.on_failure(&pool.config.ejection);
+            tried = Some(endpoint.url.clone());
+            if failure == Failure::MaybeSent && retry == Retry::Unsafe {
+                break;
+            }
+        }
+        if let Some(url) = tried {
+            trace::record(&url, retries);
+        }
+        Err(last)
+    }
+
+    /// A client on the preferred endpoint, without failover, for callers
+    /// that handle errors themselves. Prefer [`Upstream::call`].
+    pub fn identity(&self) -> IdentityClient<Channel> {
+        self.pool.in_order()[0].client()
+    }
+
+    pub async fn jwks(&self) -> Result<pb::Jwks, Problem> {
+        let jwks = self
+            .call(Retry::Idempotent, "", pb::Empty {}, |mut c, r| async move {
+                c.get_jwks(r).await
+            })
+            .await?;
+        Ok(jwks)
+    }
+
+    /// True when some endpoint that is not ejected answers its health check
+    /// as serving.
+    pub async fn ready(&self) -> bool {
+        for endpoint in self.pool.in_order() {
+            if !endpoint.is_ejected() && endpoint.serving(Duration::from_secs(2)).await {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// A gRPC request carrying the HTTP request's id.
+pub fn call<T>(message: T, request_id: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = request_id.parse() {
+        request.metadata_mut().insert("x-request-id", value);
+    }
+    request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closed_port_is_not_sent() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let endpoint = Endpoint::new(&format!("http://{addr}"), Duration::from_secs(1)).unwrap();
+        let status = endpoint.client().get_jwks(pb::Empty {}).await.unwrap_err();
+        assert_eq!(failure_of(&status), Some(Failure::NotSent), "{status:?}");
+    }
+
+    #[test]
+    fn idsvc_answers_are_not_failures() {
+        let mut status = Status::unavailable("draining");
+        assert_eq!(failure_of(&status), Some(Failure::MaybeSent));
+        status
+            .metadata_mut()
+            .insert("idbase-problem", "overloaded".parse().unwrap());
+        assert_eq!(failure_of(&status), None);
+        assert_eq!(failure_of(&Status::not_found("x")), None);
+    }
+}
