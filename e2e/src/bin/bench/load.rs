@@ -54,10 +54,10 @@ where
                 let mut n = 0;
                 while Instant::now() < deadline {
                     let sent = Instant::now();
-                    if let Err(error) = request(worker, n).await {
-                        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                            eprintln!("first error: {error:#}");
-                        }
+                    if let Err(error) = request(worker, n).await
+                        && errors.fetch_add(1, Ordering::Relaxed) == 0
+                    {
+                        eprintln!("first error: {error:#}");
                     }
                     local.saturating_record(sent.elapsed().as_micros() as u64);
                     n += 1;
