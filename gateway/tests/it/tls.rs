@@ -57,7 +57,7 @@ async fn tls_offers_both_http_versions_and_reloads_a_rotated_certificate() {
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     let first = self_signed(&cert, &key);
     let app = router(GatewayConfig {
-        idsvc_url: "http://127.0.0.1:9".to_owned(),
+        upstream: gateway::upstream::UpstreamConfig::single("http://127.0.0.1:9".to_owned()),
         clients: Clients::from_tokens([]),
         max_body_bytes: 1024,
         edge: Default::default(),

@@ -60,7 +60,7 @@ fn setup(rules: &str) -> Setup {
     };
     let app = router(GatewayConfig {
         // Never dialled: /healthz does not call idsvc.
-        idsvc_url: "http://127.0.0.1:9".to_owned(),
+        upstream: gateway::upstream::UpstreamConfig::single("http://127.0.0.1:9".to_owned()),
         clients: Clients::from_tokens([]),
         max_body_bytes: 1024,
         edge,
