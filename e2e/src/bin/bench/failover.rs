@@ -16,13 +16,13 @@ use std::time::Duration;
 pub struct Args {
     /// Seconds each load phase runs.
     #[arg(long, default_value_t = 10)]
-    seconds: u64,
+    pub seconds: u64,
     /// Concurrent `me` readers.
     #[arg(long, default_value_t = 16)]
-    concurrency: usize,
+    pub concurrency: usize,
     /// The gateway's per-try timeout.
     #[arg(long, default_value_t = 250)]
-    per_try_timeout_ms: u64,
+    pub per_try_timeout_ms: u64,
 }
 
 const PASSWORD: &str = "bench horse battery staple";

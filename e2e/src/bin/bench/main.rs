@@ -7,6 +7,7 @@
 
 mod auth;
 mod failover;
+mod gateway;
 mod load;
 mod waf;
 
@@ -27,6 +28,8 @@ struct Cli {
 enum Bench {
     /// Logins, refreshes and `GET /v1/users/me` through the gateway, against the raw argon2id limit.
     Auth(auth::Args),
+    /// The edge's costs: `gateway-waf` and `gateway-failover` in one run.
+    Gateway(gateway::Args),
     /// `GET /v1/users/me` with the full WAF rule set against the WAF off.
     GatewayWaf(waf::Args),
     /// `GET /v1/users/me` with both idsvc endpoints up vs the first one down.
@@ -38,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let figures = match cli.bench {
         Bench::Auth(args) => auth::run(args).await?,
+        Bench::Gateway(args) => gateway::run(args).await?,
         Bench::GatewayWaf(args) => waf::run(args).await?,
         Bench::GatewayFailover(args) => failover::run(args).await?,
     };

@@ -15,13 +15,13 @@ use std::time::Duration;
 pub struct Args {
     /// Seconds each load phase runs.
     #[arg(long, default_value_t = 15)]
-    seconds: u64,
+    pub seconds: u64,
     /// Concurrent `me` readers.
     #[arg(long, default_value_t = 64)]
-    concurrency: usize,
+    pub concurrency: usize,
     /// IPv4 CIDRs in the denylist (IPv6 gets a quarter as many).
     #[arg(long, default_value_t = 4000)]
-    cidrs: usize,
+    pub cidrs: usize,
 }
 
 const CHEAP: &[&str] = &["--argon2-memory-kib", "256", "--argon2-iterations", "1"];
