@@ -214,11 +214,15 @@ impl Deployment {
         let idsvc_grpc = (0..cluster.idsvcs)
             .map(|_| free_addr())
             .collect::<anyhow::Result<Vec<_>>>()?;
+        // One after another: each idsvc applies the schema migrations at
+        // start, and two doing so at once on a fresh database collide.
         let idsvc = launch.spawn(&idsvc_grpc[0])?;
-        let more_idsvc = idsvc_grpc[1..]
-            .iter()
-            .map(|grpc| launch.spawn(grpc).map(Some))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        wait_listening(&idsvc_grpc[0]).await?;
+        let mut more_idsvc = Vec::new();
+        for grpc in &idsvc_grpc[1..] {
+            more_idsvc.push(Some(launch.spawn(grpc)?));
+            wait_listening(grpc).await?;
+        }
         let endpoints = cluster
             .leading_endpoints
             .iter()
@@ -279,14 +283,7 @@ impl Deployment {
         } else {
             self.more_idsvc[n - 1] = Some(process);
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while tokio::net::TcpStream::connect(&grpc).await.is_err() {
-            if Instant::now() > deadline {
-                bail!("idsvc {n} not listening on {grpc} within 60 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(())
+        wait_listening(&grpc).await
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
@@ -304,6 +301,18 @@ impl Deployment {
         }
         bail!("gateway at {} not ready within 60 s", self.gateway_url)
     }
+}
+
+/// Waits until an idsvc accepts connections on `grpc`.
+async fn wait_listening(grpc: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(grpc).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("idsvc not listening on {grpc} within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 fn random_token() -> String {

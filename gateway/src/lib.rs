@@ -205,6 +205,8 @@ pub async fn serve_with_tls(
 
 /// `idbase gateway`.
 pub async fn run(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Before anything sets a gauge (the anomaly detector publishes its initial state).
+    telemetry::prometheus();
     let clients = Clients::load(&args.clients)?;
     let listener = TcpListener::bind(args.http)
         .await

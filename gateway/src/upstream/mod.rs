@@ -171,8 +171,10 @@ enum Failure {
     MaybeSent,
 }
 
-/// idsvc answers every domain outcome with its own code and `idbase-problem`;
-/// UNAVAILABLE, DEADLINE_EXCEEDED and CANCELLED without it are transport.
+/// idsvc answers every outcome, its own internal errors included, with
+/// `idbase-problem`; UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, and the
+/// UNKNOWN / INTERNAL that tonic gives a connection reset mid-call (an idsvc
+/// killed while answering) are transport when it is missing.
 fn failure_of(status: &Status) -> Option<Failure> {
     if status.metadata().get("idbase-problem").is_some() {
         return None;
@@ -185,7 +187,11 @@ fn failure_of(status: &Status) -> Option<Failure> {
         {
             Some(Failure::NotSent)
         }
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => Some(Failure::MaybeSent),
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::Internal => Some(Failure::MaybeSent),
         _ => None,
     }
 }
