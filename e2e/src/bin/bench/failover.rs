@@ -94,26 +94,36 @@ async fn measure_me(
     let base = deployment.gateway_url.clone();
     let token = deployment.tokens.mobile.clone();
     let body = json!({"email": "failover-bench@example.com", "password": PASSWORD});
-    let registered = http
-        .post(format!("{base}/v1/users"))
-        .header("Client-Token", &token)
-        .json(&body)
-        .send()
-        .await?;
-    anyhow::ensure!(
-        registered.status().is_success(),
-        "register: {}",
-        registered.status()
-    );
-    let tokens: Value = http
-        .post(format!("{base}/v1/sessions"))
-        .header("Client-Token", &token)
-        .json(&body)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    // With the first endpoint blackholed, register and login (never replayed
+    // once they may have reached idsvc) answer 503 until it is ejected; a
+    // client retries a 503, and so do we. A 409 means an earlier try did register.
+    let post = |path: &'static str| {
+        let (http, base, token, body) = (&http, &base, &token, &body);
+        async move {
+            for _ in 0..50 {
+                let answer = http
+                    .post(format!("{base}{path}"))
+                    .header("Client-Token", token)
+                    .json(body)
+                    .send()
+                    .await?;
+                match answer.status() {
+                    reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    reqwest::StatusCode::CONFLICT if path == "/v1/users" => return Ok(Value::Null),
+                    _ => {
+                        return Ok::<Value, anyhow::Error>(
+                            answer.error_for_status()?.json().await?,
+                        );
+                    }
+                }
+            }
+            anyhow::bail!("POST {path}: still 503 after 50 tries")
+        }
+    };
+    post("/v1/users").await?;
+    let tokens = post("/v1/sessions").await?;
     let access = tokens["access_token"]
         .as_str()
         .context("no access token")?
