@@ -145,7 +145,11 @@ pub struct Cluster<'a> {
     pub leading_endpoints: &'a [String],
 }
 
-/// Extra idsvc flags, e.g. cheap argon2 for functional tests.
+/// argon2id at a cost that keeps functional tests and non-login benches fast;
+/// the scheme and code path are still production's.
+pub const CHEAP_ARGON2: &[&str] = &["--argon2-memory-kib", "256", "--argon2-iterations", "1"];
+
+/// Extra idsvc flags, e.g. [`CHEAP_ARGON2`] for functional tests.
 pub struct Options<'a> {
     pub idsvc_args: &'a [&'a str],
 }

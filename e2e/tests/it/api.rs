@@ -2,15 +2,18 @@ use e2e::{Deployment, Options, fresh_mysql_database};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
-/// Cheap argon2 keeps the suite fast; the scheme is still argon2id.
-pub(crate) const CHEAP: &[&str] = &["--argon2-memory-kib", "256", "--argon2-iterations", "1"];
 pub(crate) const PASSWORD: &str = "correct horse battery";
 
 async fn deploy() -> Deployment {
     let url = fresh_mysql_database().await.unwrap();
-    Deployment::start(&url, Options { idsvc_args: CHEAP })
-        .await
-        .unwrap()
+    Deployment::start(
+        &url,
+        Options {
+            idsvc_args: e2e::CHEAP_ARGON2,
+        },
+    )
+    .await
+    .unwrap()
 }
 
 pub(crate) struct Api<'a> {

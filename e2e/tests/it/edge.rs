@@ -7,8 +7,7 @@ use reqwest::{Client, StatusCode};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-const CHEAP: &[&str] = &["--argon2-memory-kib", "256", "--argon2-iterations", "1"];
-const PASSWORD: &str = "correct horse battery";
+use crate::api::PASSWORD;
 const NORMAL: &str = "192.0.2.10";
 const ATTACKER: &str = "203.0.113.66";
 
@@ -63,9 +62,15 @@ async fn metric(d: &Deployment, http: &Client, sample: &str) -> Option<f64> {
 #[tokio::test]
 async fn failed_login_burst_alerts_and_blocks_while_normal_traffic_does_not() {
     let database = fresh_mysql_database().await.unwrap();
-    let d = Deployment::start_with_gateway_args(&database, Options { idsvc_args: CHEAP }, GATEWAY)
-        .await
-        .unwrap();
+    let d = Deployment::start_with_gateway_args(
+        &database,
+        Options {
+            idsvc_args: e2e::CHEAP_ARGON2,
+        },
+        GATEWAY,
+    )
+    .await
+    .unwrap();
     let http = Client::new();
     let email = "taro@example.com";
     let registered = http

@@ -2,7 +2,7 @@
 //! behind one gateway; the preferred one is SIGKILLed under load and later
 //! restarted.
 
-use crate::api::{Api, CHEAP, PASSWORD};
+use crate::api::{Api, PASSWORD};
 use e2e::{Cluster, Deployment, Options, fresh_mysql_database, upstream_metric};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -51,9 +51,15 @@ async fn killed_idsvc_is_failed_over_ejected_and_brought_back() {
         gateway_args: GATEWAY,
         leading_endpoints: &[],
     };
-    let mut d = Deployment::start_cluster(&url, Options { idsvc_args: CHEAP }, cluster)
-        .await
-        .unwrap();
+    let mut d = Deployment::start_cluster(
+        &url,
+        Options {
+            idsvc_args: e2e::CHEAP_ARGON2,
+        },
+        cluster,
+    )
+    .await
+    .unwrap();
     let first = format!("http://{}", d.idsvc_grpc[0]);
     let api = Api::new(&d);
     let web = d.tokens.web.clone();

@@ -29,7 +29,7 @@ pub struct Args {
     argon2: PasswordParams,
 }
 
-const PASSWORD: &str = "bench horse battery staple";
+use crate::PASSWORD;
 
 pub async fn run(args: Args) -> anyhow::Result<Value> {
     let cores = std::thread::available_parallelism()?.get();

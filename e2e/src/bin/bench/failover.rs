@@ -25,8 +25,7 @@ pub struct Args {
     pub per_try_timeout_ms: u64,
 }
 
-const PASSWORD: &str = "bench horse battery staple";
-const CHEAP: &[&str] = &["--argon2-memory-kib", "256", "--argon2-iterations", "1"];
+use crate::PASSWORD;
 
 pub async fn run(args: Args) -> anyhow::Result<Value> {
     let per_try = args.per_try_timeout_ms.to_string();
@@ -51,8 +50,14 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
             leading_endpoints: &leading,
         };
         let database = fresh_mysql_database().await?;
-        let deployment =
-            Deployment::start_cluster(&database, Options { idsvc_args: CHEAP }, cluster).await?;
+        let deployment = Deployment::start_cluster(
+            &database,
+            Options {
+                idsvc_args: e2e::CHEAP_ARGON2,
+            },
+            cluster,
+        )
+        .await?;
         let stats = measure_me(&deployment, args.concurrency, phase).await?;
         eprintln!("{name:<17} {stats}");
         results.push((name, stats));

@@ -12,6 +12,9 @@ mod load;
 mod waf;
 
 use clap::{Parser, Subcommand};
+
+/// Every bench member's password.
+const PASSWORD: &str = "bench horse battery staple";
 use std::path::PathBuf;
 
 #[derive(Parser)]

@@ -24,8 +24,7 @@ pub struct Args {
     pub cidrs: usize,
 }
 
-const CHEAP: &[&str] = &["--argon2-memory-kib", "256", "--argon2-iterations", "1"];
-const PASSWORD: &str = "bench horse battery staple";
+use crate::PASSWORD;
 
 /// A realistic web ACL: allow monitors, block scanners and reputation lists,
 /// rate-limit per address with a limit no benchmark client reaches.
@@ -55,9 +54,14 @@ fn rules(cidrs: usize) -> String {
 
 async fn measure(args: &Args, gateway_args: &[&str]) -> anyhow::Result<Stats> {
     let database = fresh_mysql_database().await?;
-    let deployment =
-        Deployment::start_with_gateway_args(&database, Options { idsvc_args: CHEAP }, gateway_args)
-            .await?;
+    let deployment = Deployment::start_with_gateway_args(
+        &database,
+        Options {
+            idsvc_args: e2e::CHEAP_ARGON2,
+        },
+        gateway_args,
+    )
+    .await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .build()?;
