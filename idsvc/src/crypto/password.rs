@@ -9,7 +9,7 @@ use super::legacy_hash;
 use argon2::password_hash::{self, Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use rand::rngs::OsRng;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use zeroize::Zeroizing;
@@ -157,10 +157,19 @@ impl PasswordParams {
 }
 
 thread_local! {
-    /// One argon2 memory area per hashing thread, reused. Allocating and
+    /// One argon2 memory area per hashing-pool thread, reused. Allocating and
     /// freeing 19 MiB per hash page-faults every hash in, and glibc keeps the
     /// freed blocks: idsvc held ~380 MiB after a login burst (README, Performance).
     static BLOCKS: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+    /// Set by the pool's workers only: any other thread that hashes once (the
+    /// start-up dummy hash, tools) must not keep 19 MiB for good.
+    static REUSES_MEMORY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as one that hashes again and again (the pool's
+/// workers, the bench's raw-rate probe): it keeps one argon2 memory area.
+pub fn reuse_argon2_memory_on_this_thread() {
+    REUSES_MEMORY.set(true);
 }
 
 /// The argon2 output for `password` and `salt`: in this thread's reused
@@ -178,7 +187,7 @@ fn argon2_output(
     let salt = salt.decode_b64(&mut salt_bytes)?;
     let len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
     Output::init_with(len, |out| {
-        if params.m_cost() > reuse_up_to_kib {
+        if params.m_cost() > reuse_up_to_kib || !REUSES_MEMORY.get() {
             return Ok(argon2.hash_password_into(password, salt, out)?);
         }
         BLOCKS.with_borrow_mut(|blocks| {
@@ -238,6 +247,7 @@ impl HashingPool {
             std::thread::Builder::new()
                 .name(format!("argon2-{n}"))
                 .spawn(move || {
+                    reuse_argon2_memory_on_this_thread();
                     // Ends when every sender is gone.
                     for job in inbox {
                         let depth = queued.fetch_sub(1, Ordering::Relaxed) - 1;
@@ -335,6 +345,27 @@ mod tests {
         assert_eq!(
             ours.verify("wrong horse", &costlier),
             Verification::Mismatch
+        );
+        // On a pool thread the same answers come from the reused memory.
+        let on_pool = std::thread::spawn(move || {
+            reuse_argon2_memory_on_this_thread();
+            let phc = ours.hash("correct horse").unwrap();
+            Argon2::default()
+                .verify_password(b"correct horse", &PasswordHash::new(&phc).unwrap())
+                .unwrap();
+            (
+                ours.verify("correct horse", &same),
+                ours.verify("wrong horse", &same),
+                ours.verify("correct horse", &costlier),
+            )
+        });
+        assert_eq!(
+            on_pool.join().unwrap(),
+            (
+                Verification::Match,
+                Verification::Mismatch,
+                Verification::MatchNeedsRehash
+            )
         );
     }
 

@@ -163,6 +163,8 @@ fn raw_argon2_rate(params: PasswordParams, cores: usize, phase: Duration) -> any
         let threads: Vec<_> = (0..cores)
             .map(|_| {
                 scope.spawn(move || -> anyhow::Result<u64> {
+                    // Like idsvc's hashing pool, so the limit is comparable.
+                    idsvc::crypto::password::reuse_argon2_memory_on_this_thread();
                     let mut hashes = 0;
                     while Instant::now() < deadline {
                         params.hash(PASSWORD)?;
