@@ -3,7 +3,7 @@
 #
 #   create cluster -> build image -> kind load -> secrets (generated here,
 #   never in git) -> apply k8s/overlays/kind -> wait for rollout ->
-#   port-forward gateway and admin -> cargo test -p e2e against them.
+#   port-forward gateway and admin -> cargo test --test blackbox (the API tests) against them.
 #
 # Needs docker, kind, kubectl and cargo. Without a container engine, use
 # --render-only or --dry-run: both render the overlay and the generated
@@ -194,4 +194,6 @@ fi
 export IDBASE_E2E_GATEWAY_URL="http://127.0.0.1:$gateway_port"
 export IDBASE_E2E_ADMIN_URL="http://127.0.0.1:$admin_port"
 export IDBASE_E2E_CLIENT_TOKENS_FILE="$work/credentials.json"
-(cd "$root" && step cargo test -p e2e --locked)
+# The API tests; the fault-injection and anomaly tests start processes of
+# their own (they kill them or need particular flags), not the cluster's.
+(cd "$root" && step cargo test --locked --test blackbox -- api::)

@@ -2,7 +2,7 @@
 //! failed logins from one address raises the alert, lands in idsvc's audit
 //! trail and gets the address auto-blocked.
 
-use e2e::{Deployment, Options, fresh_mysql_database};
+use e2e::{Deployment, fresh_mysql_database};
 use reqwest::{Client, StatusCode};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -62,15 +62,9 @@ async fn metric(d: &Deployment, http: &Client, sample: &str) -> Option<f64> {
 #[tokio::test]
 async fn failed_login_burst_alerts_and_blocks_while_normal_traffic_does_not() {
     let database = fresh_mysql_database().await.unwrap();
-    let d = Deployment::start_with_gateway_args(
-        &database,
-        Options {
-            idsvc_args: e2e::CHEAP_ARGON2,
-        },
-        GATEWAY,
-    )
-    .await
-    .unwrap();
+    let d = Deployment::start_with_gateway_args(&database, crate::options(), GATEWAY)
+        .await
+        .unwrap();
     let http = Client::new();
     let email = "taro@example.com";
     let registered = http

@@ -1,6 +1,20 @@
 //! End-to-end: the built binary as idsvc and gateway processes on MariaDB,
 //! driven over HTTP like a mobile app and the legacy web tier would.
+//!
+//! The `api` tests also run against a deployed gateway (a kind cluster) when
+//! `IDBASE_E2E_GATEWAY_URL` names one (see `e2e::Target`); `edge` and
+//! `failover` start their own processes, since they kill them or need
+//! particular gateway flags.
 
 mod api;
 mod edge;
 mod failover;
+
+/// The `idbase` that cargo built for this test run, with functional-test
+/// argon2 costs.
+fn options() -> e2e::Options<'static> {
+    e2e::Options {
+        binary: std::path::Path::new(env!("CARGO_BIN_EXE_idbase")),
+        idsvc_args: e2e::CHEAP_ARGON2,
+    }
+}
