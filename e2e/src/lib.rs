@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// Builds `idbase` (once per process, same profile as the tests) and returns its path.
+/// Builds `idbase` (once per process, in the caller's profile) and returns its
+/// path: for the benches. The black-box tests take the binary cargo built for
+/// them (`CARGO_BIN_EXE_idbase`), so a test run compiles the service once.
 pub fn idbase_binary() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
@@ -17,8 +19,8 @@ pub fn idbase_binary() -> anyhow::Result<PathBuf> {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let release = !cfg!(debug_assertions);
             // A target dir of its own: `idbase` alone unifies dependency
-            // features differently from the test or bench build that calls
-            // us, and in a shared dir each build would rebuild the other's.
+            // features differently from the bench build that calls us, and
+            // in a shared dir each build would rebuild the other's.
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map_or_else(|| workspace.join("target"), PathBuf::from)
                 .join("e2e-idbase");
@@ -46,6 +48,42 @@ pub fn idbase_binary() -> anyhow::Result<PathBuf> {
 pub fn free_addr() -> anyhow::Result<String> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.to_string())
+}
+
+/// The gateway the API tests talk to: a [`Deployment`] they start, or an
+/// already deployed one (a kind cluster, `e2e/kind/run.sh`) named by
+/// `IDBASE_E2E_GATEWAY_URL` with its client tokens in the JSON file
+/// `IDBASE_E2E_CLIENT_TOKENS_FILE` (`{"clients": {"internal", "web", "mobile"}}`).
+pub struct Target {
+    pub gateway_url: String,
+    pub tokens: Tokens,
+    /// The processes behind `gateway_url` when this suite started them.
+    pub local: Option<Deployment>,
+}
+
+impl Target {
+    /// The deployed gateway when the environment names one, else a fresh
+    /// local deployment on a new MariaDB database.
+    pub async fn deployed_or_start(options: Options<'_>) -> anyhow::Result<Self> {
+        if let Ok(gateway_url) = std::env::var("IDBASE_E2E_GATEWAY_URL") {
+            let file = std::env::var("IDBASE_E2E_CLIENT_TOKENS_FILE").context(
+                "IDBASE_E2E_GATEWAY_URL is set, so IDBASE_E2E_CLIENT_TOKENS_FILE must name its client tokens",
+            )?;
+            let tokens = Tokens::from_credentials_file(Path::new(&file))?;
+            return Ok(Self {
+                gateway_url: gateway_url.trim_end_matches('/').to_owned(),
+                tokens,
+                local: None,
+            });
+        }
+        let database = fresh_mysql_database().await?;
+        let local = Deployment::start(&database, options).await?;
+        Ok(Self {
+            gateway_url: local.gateway_url.clone(),
+            tokens: local.tokens.clone(),
+            local: Some(local),
+        })
+    }
 }
 
 /// A child process killed when dropped.
@@ -77,10 +115,27 @@ impl Drop for Process {
 }
 
 /// Client tokens of a running deployment.
+#[derive(Clone, serde::Deserialize)]
 pub struct Tokens {
     pub internal: String,
     pub web: String,
     pub mobile: String,
+}
+
+impl Tokens {
+    /// Reads `{"clients": {"internal": …, "web": …, "mobile": …}}`, the file
+    /// `e2e/kind/run.sh` writes.
+    fn from_credentials_file(path: &Path) -> anyhow::Result<Self> {
+        #[derive(serde::Deserialize)]
+        struct Credentials {
+            clients: Tokens,
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading client tokens from {}", path.display()))?;
+        let credentials: Credentials = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a credentials file", path.display()))?;
+        Ok(credentials.clients)
+    }
 }
 
 /// idsvc + gateway as two processes on a fresh MariaDB database (or, with
@@ -97,7 +152,32 @@ pub struct Deployment {
     /// idsvc processes after the first, in order (`None` once killed).
     pub more_idsvc: Vec<Option<Process>>,
     idsvc_launch: IdsvcLaunch,
+    gateway_launch: GatewayLaunch,
     _dir: tempfile::TempDir,
+}
+
+/// How to start a gateway in front of a deployment's idsvc processes.
+struct GatewayLaunch {
+    binary: PathBuf,
+    endpoints: String,
+    clients_file: PathBuf,
+    log_level: String,
+}
+
+impl GatewayLaunch {
+    fn spawn(&self, http: &str, args: &[&str]) -> anyhow::Result<Process> {
+        Ok(Process(
+            Command::new(&self.binary)
+                .args(["gateway", "--idsvc", &self.endpoints, "--http", http])
+                .arg("--clients")
+                .arg(&self.clients_file)
+                .args(args)
+                .env("RUST_LOG", &self.log_level)
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting gateway")?,
+        ))
+    }
 }
 
 /// How to (re)start an idsvc process of a deployment.
@@ -149,8 +229,10 @@ pub struct Cluster<'a> {
 /// the scheme and code path are still production's.
 pub const CHEAP_ARGON2: &[&str] = &["--argon2-memory-kib", "256", "--argon2-iterations", "1"];
 
-/// Extra idsvc flags, e.g. [`CHEAP_ARGON2`] for functional tests.
+/// What to run: the `idbase` binary and extra idsvc flags (e.g.
+/// [`CHEAP_ARGON2`] for functional tests).
 pub struct Options<'a> {
+    pub binary: &'a Path,
     pub idsvc_args: &'a [&'a str],
 }
 
@@ -180,7 +262,7 @@ impl Deployment {
         cluster: Cluster<'_>,
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(cluster.idsvcs >= 1, "a deployment needs an idsvc");
-        let binary = idbase_binary()?;
+        let binary = options.binary.to_owned();
         let dir = tempfile::tempdir()?;
         let keys = dir.path().join("keys");
         let status = Command::new(&binary)
@@ -234,17 +316,13 @@ impl Deployment {
             .chain(idsvc_grpc.iter().map(|grpc| format!("http://{grpc}")))
             .collect::<Vec<_>>()
             .join(",");
-        let gateway = Process(
-            Command::new(&binary)
-                .args(["gateway", "--idsvc", &endpoints, "--http", &http])
-                .arg("--clients")
-                .arg(&clients_file)
-                .args(cluster.gateway_args)
-                .env("RUST_LOG", &log_level)
-                .stdout(Stdio::null())
-                .spawn()
-                .context("starting gateway")?,
-        );
+        let gateway_launch = GatewayLaunch {
+            binary,
+            endpoints,
+            clients_file,
+            log_level,
+        };
+        let gateway = gateway_launch.spawn(&http, cluster.gateway_args)?;
         let deployment = Self {
             gateway_url: format!("http://{http}"),
             tokens,
@@ -253,10 +331,21 @@ impl Deployment {
             idsvc_grpc,
             more_idsvc,
             idsvc_launch: launch,
+            gateway_launch,
             _dir: dir,
         };
-        deployment.wait_ready().await?;
+        wait_ready(&deployment.gateway_url).await?;
         Ok(deployment)
+    }
+
+    /// Starts one more gateway in front of the same idsvc processes, with its
+    /// own flags, and returns it with its URL once it is ready.
+    pub async fn add_gateway(&self, args: &[&str]) -> anyhow::Result<(Process, String)> {
+        let http = free_addr()?;
+        let gateway = self.gateway_launch.spawn(&http, args)?;
+        let url = format!("http://{http}");
+        wait_ready(&url).await?;
+        Ok((gateway, url))
     }
 
     /// SIGKILLs the `n`-th idsvc (0 is the preferred one) and reaps it.
@@ -289,22 +378,20 @@ impl Deployment {
         }
         wait_listening(&grpc).await
     }
+}
 
-    async fn wait_ready(&self) -> anyhow::Result<()> {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            let ready = client
-                .get(format!("{}/readyz", self.gateway_url))
-                .send()
-                .await;
-            if ready.is_ok_and(|answer| answer.status().is_success()) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+/// Waits until the gateway at `url` answers `/readyz`.
+async fn wait_ready(url: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let ready = client.get(format!("{url}/readyz")).send().await;
+        if ready.is_ok_and(|answer| answer.status().is_success()) {
+            return Ok(());
         }
-        bail!("gateway at {} not ready within 60 s", self.gateway_url)
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    bail!("gateway at {url} not ready within 60 s")
 }
 
 /// Waits until an idsvc accepts connections on `grpc`.

@@ -93,6 +93,7 @@ impl From<tonic::Status> for Problem {
         match kind {
             "invalid-request" => Self::new(StatusCode::BAD_REQUEST, kind, detail()),
             "conflict" => Self::new(StatusCode::CONFLICT, kind, detail()),
+            "idempotency-key-reused" => Self::new(StatusCode::UNPROCESSABLE_ENTITY, kind, detail()),
             "invalid-credentials" => Self::unauthenticated(kind, "invalid email or password"),
             "invalid-token" => Self::unauthenticated(kind, "invalid or expired token"),
             "wrong-current-password" => Self::new(StatusCode::FORBIDDEN, kind, detail()),

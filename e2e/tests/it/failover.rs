@@ -3,9 +3,10 @@
 //! restarted.
 
 use crate::api::{Api, PASSWORD};
-use e2e::{Cluster, Deployment, Options, fresh_mysql_database, upstream_metric};
+use e2e::{Cluster, Deployment, fresh_mysql_database, upstream_metric};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
+use sqlx::Connection;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -51,17 +52,11 @@ async fn killed_idsvc_is_failed_over_ejected_and_brought_back() {
         gateway_args: GATEWAY,
         leading_endpoints: &[],
     };
-    let mut d = Deployment::start_cluster(
-        &url,
-        Options {
-            idsvc_args: e2e::CHEAP_ARGON2,
-        },
-        cluster,
-    )
-    .await
-    .unwrap();
+    let mut d = Deployment::start_cluster(&url, crate::options(), cluster)
+        .await
+        .unwrap();
     let first = format!("http://{}", d.idsvc_grpc[0]);
-    let api = Api::new(&d);
+    let api = Api::new(&d.gateway_url);
     let web = d.tokens.web.clone();
     let body = json!({"email": "failover@example.com", "password": PASSWORD});
     let (status, _) = api
@@ -99,6 +94,31 @@ async fn killed_idsvc_is_failed_over_ejected_and_brought_back() {
         })
         .collect();
 
+    // And one worker registers members, each with its own Idempotency-Key:
+    // a registration cut off by the kill is retried on the other endpoint,
+    // which answers with the member if the first attempt got to create it.
+    let registrar = {
+        let (stop, url, web) = (stop.clone(), d.gateway_url.clone(), web.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut registered = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let answer = http
+                    .post(format!("{url}/v1/users"))
+                    .header("Client-Token", &web)
+                    .header("Idempotency-Key", format!("signup-{registered}"))
+                    .json(&json!({"email": format!("m{registered}@example.com"), "password": PASSWORD}))
+                    .send()
+                    .await;
+                match answer.map(|a| a.status()) {
+                    Ok(StatusCode::CREATED) => registered += 1,
+                    other => panic!("keyed registration {registered} failed: {other:?}"),
+                }
+            }
+            registered
+        })
+    };
+
     until(&d, "the first endpoint serves", |m| {
         upstream_metric(m, "idbase_upstream_requests_total", &first) >= 50.0
     })
@@ -130,6 +150,18 @@ async fn killed_idsvc_is_failed_over_ejected_and_brought_back() {
     for worker in workers {
         worker.await.unwrap();
     }
+    let registered = registrar.await.unwrap();
+    assert!(registered > 0);
+    let mut db = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let members: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(
+        members,
+        registered as i64 + 1,
+        "every keyed registration made exactly one member"
+    );
     let m = metrics(&d).await;
     assert!(upstream_metric(&m, "idbase_upstream_failures_total", &first) >= 1.0);
     assert_eq!(

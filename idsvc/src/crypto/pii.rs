@@ -132,15 +132,50 @@ impl BlindIndex {
         self.digest(b"login-throttle", normalised_email)
     }
 
+    /// The key of a registration's `Idempotency-Key`, scoped to its client.
+    pub fn registration_key(&self, client: &str, key: &str) -> [u8; 32] {
+        self.digest_parts(b"registration-key", &[client, key])
+    }
+
+    /// A registration request's fingerprint, compared when its key comes
+    /// back. Keyed, so the stored value cannot be tried against guesses of
+    /// the password in it.
+    pub fn registration_request(
+        &self,
+        email: &str,
+        phone: Option<&str>,
+        password: &str,
+    ) -> [u8; 32] {
+        self.digest_parts(
+            b"registration-request",
+            &[email, phone.unwrap_or(""), password],
+        )
+    }
+
     fn digest(&self, purpose: &[u8], value: &str) -> [u8; 32] {
+        let mut mac = self.mac(purpose);
+        mac.update(value.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Several values, each length-prefixed so no two lists run together.
+    fn digest_parts(&self, purpose: &[u8], values: &[&str]) -> [u8; 32] {
+        let mut mac = self.mac(purpose);
+        for value in values {
+            mac.update(&(value.len() as u64).to_be_bytes());
+            mac.update(value.as_bytes());
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    fn mac(&self, purpose: &[u8]) -> Hmac<Sha256> {
         #[allow(clippy::expect_used, reason = "HMAC accepts keys of any length")]
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.key.as_ref())
             .expect("HMAC takes any key length");
         // Domain separation: the same email gives unrelated values per purpose.
         mac.update(purpose);
         mac.update(&[0]);
-        mac.update(value.as_bytes());
-        mac.finalize().into_bytes().into()
+        mac
     }
 }
 

@@ -10,6 +10,9 @@ pub enum Error {
     /// A unique value is taken, or the account changed meanwhile (409).
     #[error("{0}")]
     Conflict(&'static str),
+    /// An idempotency key came back with a different request (422).
+    #[error("the idempotency key was used with a different request")]
+    KeyReused,
     /// Wrong email or password; deliberately says nothing more (401).
     #[error("invalid credentials")]
     InvalidCredentials,
@@ -50,6 +53,7 @@ impl From<super::store::StoreError> for Error {
     fn from(err: super::store::StoreError) -> Self {
         match err {
             super::store::StoreError::EmailTaken => Self::Conflict("email is already in use"),
+            super::store::StoreError::RegistrationKeyTaken => Self::KeyReused,
             super::store::StoreError::Database(e) => Self::Internal(e),
         }
     }

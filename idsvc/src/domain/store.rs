@@ -12,6 +12,9 @@ pub enum StoreError {
     /// The email's blind index is already held by another user.
     #[error("email already taken")]
     EmailTaken,
+    /// The registration key is already held by an earlier registration.
+    #[error("registration key already used")]
+    RegistrationKeyTaken,
     #[error("database: {0}")]
     Database(#[source] anyhow::Error),
 }
@@ -46,6 +49,23 @@ pub struct NewUser<'a> {
     pub password_hash: &'a str,
     pub version: i64,
     pub now: Millis,
+    /// Recorded with the user, so a retried registration finds its result.
+    pub key: Option<RegistrationKey<'a>>,
+}
+
+/// A registration's `Idempotency-Key`, as keyed hashes: of the client and
+/// key, and of the request it came with.
+pub struct RegistrationKey<'a> {
+    pub key: &'a [u8],
+    pub request: &'a [u8],
+    pub expires_at: Millis,
+}
+
+/// What an unexpired registration key recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    pub request: Vec<u8>,
+    pub user_id: UserId,
 }
 
 /// What a double write did.
@@ -101,8 +121,13 @@ pub struct ThrottleState {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Inserts a user; fails with `EmailTaken` when the index is held.
+    /// Inserts a user (and its registration key); fails with `EmailTaken` when
+    /// the index is held, `RegistrationKeyTaken` when an unexpired key is.
     async fn create_user(&self, user: NewUser<'_>, seal: &Sealer<'_>) -> StoreResult<UserRow>;
+    /// The registration an unexpired key recorded.
+    async fn registration(&self, key: &[u8], now: Millis) -> StoreResult<Option<Registration>>;
+    /// Deletes registration keys that expired before `now`.
+    async fn purge_registrations(&self, now: Millis) -> StoreResult<u64>;
     async fn user(&self, id: UserId) -> StoreResult<Option<UserRow>>;
     async fn user_by_email_index(&self, index: &[u8]) -> StoreResult<Option<UserRow>>;
     /// The user, if the session is live and belongs to them.

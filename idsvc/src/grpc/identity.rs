@@ -1,7 +1,9 @@
 //! The `idbase.v1.Identity` gRPC service: conversions between protobuf and
 //! the domain, nothing else.
 
-use crate::domain::{self, IdentityService, LegacyUser, Principal, UpsertOutcome, UserChanges};
+use crate::domain::{
+    self, IdempotencyKey, IdentityService, LegacyUser, Principal, UpsertOutcome, UserChanges,
+};
 use idbase_proto::v1::{self as pb, identity_server::Identity};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -62,9 +64,13 @@ impl Identity for IdentityGrpc {
     ) -> Result<Response<pb::User>, Status> {
         let span = span(&request, "register");
         let r = request.into_inner();
+        let key = r.idempotency_key.as_deref().map(|key| IdempotencyKey {
+            client: &r.client_id,
+            key,
+        });
         let registered = self
             .service
-            .register(&r.email, &r.password, r.phone.as_deref())
+            .register_once(key, &r.email, &r.password, r.phone.as_deref())
             .instrument(span)
             .await?;
         Ok(Response::new(user(registered)))

@@ -17,6 +17,7 @@ impl From<Error> for Status {
         let (code, problem, retry_after) = match &err {
             Error::Invalid { .. } => (Code::InvalidArgument, "invalid-request", None),
             Error::Conflict(_) => (Code::AlreadyExists, "conflict", None),
+            Error::KeyReused => (Code::FailedPrecondition, "idempotency-key-reused", None),
             Error::InvalidCredentials => (Code::Unauthenticated, "invalid-credentials", None),
             Error::InvalidToken => (Code::Unauthenticated, "invalid-token", None),
             Error::WrongCurrentPassword => (Code::PermissionDenied, "wrong-current-password", None),

@@ -2,8 +2,8 @@
 
 use super::{is_retryable, is_unique_violation};
 use crate::domain::{
-    Millis, NewRefreshToken, NewUser, RotateOutcome, Sealer, SecurityEvent, Store, StoreError,
-    StoreResult, ThrottleState, Tombstone, UpsertOutcome, UserId, UserRow,
+    Millis, NewRefreshToken, NewUser, Registration, RotateOutcome, Sealer, SecurityEvent, Store,
+    StoreError, StoreResult, ThrottleState, Tombstone, UpsertOutcome, UserId, UserRow,
 };
 use anyhow::Context;
 use async_trait::async_trait;
@@ -306,6 +306,31 @@ impl Store for SqlStore {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+            if let Some(key) = &user.key {
+                // An expired key may be used again.
+                sqlx::query("DELETE FROM registration_keys WHERE key_hash = ? AND expires_at <= ?")
+                    .bind(key.key)
+                    .bind(user.now)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO registration_keys (key_hash, request_hash, user_id, expires_at) \
+                     VALUES (?, ?, ?, ?)",
+                )
+                .bind(key.key)
+                .bind(key.request)
+                .bind(id)
+                .bind(key.expires_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(|err| {
+                    if is_unique_violation(&err) {
+                        StoreError::RegistrationKeyTaken
+                    } else {
+                        err.into()
+                    }
+                })?;
+            }
             Ok(UserRow {
                 id,
                 email_sealed: sealed.email_sealed,
@@ -317,6 +342,26 @@ impl Store for SqlStore {
                 updated_at: user.now,
             })
         })
+    }
+
+    async fn registration(&self, key: &[u8], now: Millis) -> StoreResult<Option<Registration>> {
+        let found: Option<(Vec<u8>, UserId)> = sqlx::query_as(
+            "SELECT request_hash, user_id FROM registration_keys WHERE key_hash = ? AND expires_at > ?",
+        )
+        .bind(key)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.map(|(request, user_id)| Registration { request, user_id }))
+    }
+
+    async fn purge_registrations(&self, now: Millis) -> StoreResult<u64> {
+        let _writer = self.writer().await;
+        let done = sqlx::query("DELETE FROM registration_keys WHERE expires_at <= ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     async fn user(&self, id: UserId) -> StoreResult<Option<UserRow>> {

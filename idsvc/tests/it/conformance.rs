@@ -2,7 +2,8 @@
 
 use crate::harness::{Backend, Harness};
 use idsvc::domain::{
-    Error, LegacyUser, Policy, Principal, ThrottlePolicy, UpsertOutcome, UserChanges,
+    Error, IdempotencyKey, LegacyUser, Policy, Principal, REGISTRATION_KEY_TTL, Store,
+    ThrottlePolicy, UpsertOutcome, UserChanges,
 };
 use jsonwebtoken::{DecodingKey, Validation};
 use sqlx::Row;
@@ -24,6 +25,8 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     register_normalises_and_refuses_duplicates,
+    idempotency_key_registers_once_per_client,
+    concurrent_retries_of_a_keyed_registration_make_one_member,
     login_is_uniform_for_unknown_email_and_wrong_password,
     throttle_locks_and_backs_off_even_for_unknown_emails,
     parallel_attempts_cannot_pass_the_limit,
@@ -77,6 +80,106 @@ async fn register_normalises_and_refuses_duplicates(backend: Backend) {
             "{email} {password}: {refused:?}"
         );
     }
+}
+
+fn key<'a>(client: &'a str, key: &'a str) -> Option<IdempotencyKey<'a>> {
+    Some(IdempotencyKey { client, key })
+}
+
+async fn idempotency_key_registers_once_per_client(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let s = &h.service;
+    let first = s
+        .register_once(key("ios", "k-1"), "hanako@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    // The retry (normalised the same) answers with the same member.
+    let replay = s
+        .register_once(key("ios", "k-1"), " HANAKO@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    assert_eq!(replay, first);
+    // The same key with another request is refused, whatever differs.
+    for (email, password, phone) in [
+        ("taro@example.com", PASSWORD, None),
+        ("hanako@example.com", "another good passphrase", None),
+        ("hanako@example.com", PASSWORD, Some("090-1234-5678")),
+    ] {
+        let reused = s
+            .register_once(key("ios", "k-1"), email, password, phone)
+            .await;
+        assert!(
+            matches!(reused, Err(Error::KeyReused)),
+            "{email}: {reused:?}"
+        );
+    }
+    // Keys are per client; without a key a repeat is a plain duplicate.
+    let other_client = s
+        .register_once(key("web", "k-1"), "taro@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    assert_ne!(other_client.id, first.id);
+    let unkeyed = s.register("hanako@example.com", PASSWORD, None).await;
+    assert!(matches!(unkeyed, Err(Error::Conflict(_))), "{unkeyed:?}");
+    // Malformed keys are bad input.
+    for bad in ["", "has space", "nön-ascii", &"k".repeat(256)] {
+        let refused = s
+            .register_once(key("ios", bad), "jiro@example.com", PASSWORD, None)
+            .await;
+        assert!(
+            matches!(refused, Err(Error::Invalid { .. })),
+            "{bad:?}: {refused:?}"
+        );
+    }
+    // A withdrawn member's key does not bring them back.
+    let version = h.store.user(first.id).await.unwrap().unwrap().version;
+    assert!(h.store.delete_user(first.id, version, 0).await.unwrap());
+    let gone = s
+        .register_once(key("ios", "k-1"), "hanako@example.com", PASSWORD, None)
+        .await;
+    assert!(matches!(gone, Err(Error::Conflict(_))), "{gone:?}");
+    // After 24 h the key is forgotten (and purged): it may register anew.
+    h.clock
+        .advance(REGISTRATION_KEY_TTL + Duration::from_millis(1));
+    assert!(h.service.purge_expired().await.unwrap() >= 2);
+    let later = s
+        .register_once(key("ios", "k-1"), "saburo@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    assert_ne!(later.id, first.id);
+    let key_rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM registration_keys")
+        .fetch_one(h.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(key_rows, 1);
+}
+
+async fn concurrent_retries_of_a_keyed_registration_make_one_member(backend: Backend) {
+    let h = Harness::new(backend).await;
+    // Retries land on different replicas: services sharing one database.
+    let replicas = [h.shared_service(), h.shared_service()];
+    let attempts: Vec<_> = (0..8)
+        .map(|n| {
+            let service = replicas[n % 2].clone();
+            tokio::spawn(async move {
+                service
+                    .register_once(key("ios", "retry-me"), "hanako@example.com", PASSWORD, None)
+                    .await
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for attempt in attempts {
+        ids.push(attempt.await.unwrap().unwrap().id);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+        .fetch_one(h.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(users, 1);
 }
 
 async fn login_is_uniform_for_unknown_email_and_wrong_password(backend: Backend) {

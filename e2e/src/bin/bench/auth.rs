@@ -51,6 +51,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     let deployment = Deployment::start(
         &database,
         Options {
+            binary: &e2e::idbase_binary()?,
             idsvc_args: &argon2_args,
         },
     )

@@ -7,8 +7,11 @@ use serde_json::Value;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Seconds each load phase runs.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Rounds of alternating WAF-off and WAF-on phases.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Concurrent `me` readers for the WAF comparison.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -26,6 +29,7 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<Value> {
     let mut figures = waf::run(waf::Args {
         seconds: args.seconds,
+        rounds: args.rounds,
         concurrency: args.concurrency,
         cidrs: args.cidrs,
     })

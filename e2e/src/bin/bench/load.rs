@@ -100,3 +100,28 @@ pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
         .parse()?;
     Ok(kib / 1024.0)
 }
+
+/// CPU seconds (user + system) a process has used so far, from
+/// `/proc/PID/stat`: a per-request cost that, unlike throughput, does not
+/// move with whatever else the machine is doing.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th of the whole line.
+    let rest = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow::anyhow!("unreadable /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |n: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(n)
+            .ok_or_else(|| anyhow::anyhow!("short /proc/{pid}/stat"))?
+            .parse::<f64>()?)
+    };
+    Ok((ticks(11)? + ticks(12)?) / USER_HZ)
+}
+
+/// The unit of /proc's tick counts: Linux fixes USER_HZ at 100 for its
+/// user-space ABI (`getconf CLK_TCK`), whatever the kernel's own HZ.
+const USER_HZ: f64 = 100.0;
