@@ -1,5 +1,6 @@
 //! Per-source-IP state with a hard memory bound, shared by the WAF's rate
-//! rules and login-anomaly detection.
+//! rules and login-anomaly detection (and, keyed by token hash, the cache
+//! of verified access tokens).
 //!
 //! Client input chooses the keys, so the table is sharded (little lock
 //! contention), capped per shard, and entries expire: a full shard first drops
@@ -9,7 +10,7 @@
 //! likewise tracks a bounded number of addresses per rate rule).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::net::IpAddr;
 use std::sync::Mutex;
 
@@ -20,14 +21,18 @@ pub trait Expiring {
     fn expired(&self, now_ms: u64) -> bool;
 }
 
-pub struct IpTable<E> {
-    shards: Box<[Mutex<HashMap<IpAddr, E>>]>,
+/// Keyed by source address; other keys chosen by clients (e.g. the access
+/// tokens the gateway has verified) use the same bounded table.
+pub type IpTable<E> = BoundedTable<IpAddr, E>;
+
+pub struct BoundedTable<K, E> {
+    shards: Box<[Mutex<HashMap<K, E>>]>,
     per_shard: usize,
     hasher: RandomState,
 }
 
-impl<E: Expiring + Default> IpTable<E> {
-    /// A table holding at most about `capacity` addresses.
+impl<K: Hash + Eq, E: Expiring + Default> BoundedTable<K, E> {
+    /// A table holding at most about `capacity` keys.
     pub fn new(capacity: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
@@ -36,18 +41,18 @@ impl<E: Expiring + Default> IpTable<E> {
         }
     }
 
-    fn shard(&self, ip: &IpAddr) -> std::sync::MutexGuard<'_, HashMap<IpAddr, E>> {
-        let index = (self.hasher.hash_one(ip) % SHARDS as u64) as usize;
-        // A panic while holding a shard leaves plain counters: still usable.
+    fn shard(&self, key: &K) -> std::sync::MutexGuard<'_, HashMap<K, E>> {
+        let index = (self.hasher.hash_one(key) % SHARDS as u64) as usize;
+        // A panic while holding a shard leaves plain values: still usable.
         self.shards[index]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Runs `f` on the entry of `ip`, creating it (within the bound) if new.
-    pub fn update<R>(&self, ip: IpAddr, now_ms: u64, f: impl FnOnce(&mut E) -> R) -> R {
-        let mut shard = self.shard(&ip);
-        if shard.len() >= self.per_shard && !shard.contains_key(&ip) {
+    /// Runs `f` on the entry of `key`, creating it (within the bound) if new.
+    pub fn update<R>(&self, key: K, now_ms: u64, f: impl FnOnce(&mut E) -> R) -> R {
+        let mut shard = self.shard(&key);
+        if shard.len() >= self.per_shard && !shard.contains_key(&key) {
             shard.retain(|_, entry| !entry.expired(now_ms));
             if shard.len() >= self.per_shard {
                 let mut keep = false;
@@ -58,15 +63,15 @@ impl<E: Expiring + Default> IpTable<E> {
                 metrics::counter!("idbase_iptable_evictions_total").increment(1);
             }
         }
-        f(shard.entry(ip).or_default())
+        f(shard.entry(key).or_default())
     }
 
-    /// Runs `f` on the entry of `ip` if there is one; never inserts.
-    pub fn peek<R>(&self, ip: IpAddr, f: impl FnOnce(&mut E) -> R) -> Option<R> {
-        self.shard(&ip).get_mut(&ip).map(f)
+    /// Runs `f` on the entry of `key` if there is one; never inserts.
+    pub fn peek<R>(&self, key: K, f: impl FnOnce(&mut E) -> R) -> Option<R> {
+        self.shard(&key).get_mut(&key).map(f)
     }
 
-    /// Addresses currently held.
+    /// Keys currently held.
     pub fn len(&self) -> usize {
         self.shards
             .iter()

@@ -2,7 +2,7 @@
 //! three calls members make most: login (argon2id-bound), refresh (database-
 //! bound) and `GET /v1/users/me` (JWT verify + one read).
 
-use crate::load::{drive, rss_mib};
+use crate::load::{CpuMeter, drive, rss_mib};
 use anyhow::{Context, bail};
 use e2e::{Deployment, Options, fresh_mysql_database};
 use idsvc::crypto::PasswordParams;
@@ -94,6 +94,8 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         sessions.push(Mutex::new(api.login(&emails[worker % emails.len()]).await?));
     }
     let sessions = Arc::new(sessions);
+    let cpu = CpuMeter::new(deployment.gateway.0.id(), deployment.idsvc.0.id());
+    let before = cpu.read()?;
     let refresh = {
         let (api, sessions) = (Arc::clone(&api), Arc::clone(&sessions));
         drive(args.concurrency, phase, move |worker, _| {
@@ -107,9 +109,11 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         })
         .await
     };
-    eprintln!("refresh       {refresh}");
+    let refresh_cpu = cpu.per_request(&before, refresh.requests)?;
+    eprintln!("refresh       {refresh}\n              {refresh_cpu}");
     let rss_after_refresh = Rss::of(&deployment)?;
 
+    let before = cpu.read()?;
     let me = {
         let (api, sessions) = (Arc::clone(&api), Arc::clone(&sessions));
         drive(args.concurrency, phase, move |worker, _| {
@@ -121,7 +125,8 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         })
         .await
     };
-    eprintln!("me            {me}");
+    let me_cpu = cpu.per_request(&before, me.requests)?;
+    eprintln!("me            {me}\n              {me_cpu}");
 
     let rss_after_me = Rss::of(&deployment)?;
     eprintln!(
@@ -147,6 +152,8 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         "login": login,
         "refresh": refresh,
         "me": me,
+        "refresh_cpu_us_per_request": refresh_cpu,
+        "me_cpu_us_per_request": me_cpu,
         "idsvc_rss_idle_mib": idsvc_rss_idle_mib,
         "gateway_rss_idle_mib": gateway_rss_idle_mib,
         "rss_after_login": rss_after_login,

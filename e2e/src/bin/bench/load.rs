@@ -125,3 +125,66 @@ pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 /// The unit of /proc's tick counts: Linux fixes USER_HZ at 100 for its
 /// user-space ABI (`getconf CLK_TCK`), whatever the kernel's own HZ.
 const USER_HZ: f64 = 100.0;
+
+/// Where a phase's CPU went: each process's CPU microseconds per request.
+/// On a machine where load generator, gateway, idsvc and MariaDB share two
+/// cores, this says which of them a faster path would have to come from.
+pub struct CpuMeter {
+    processes: Vec<(&'static str, u32)>,
+}
+
+impl CpuMeter {
+    /// This load generator, the gateway, idsvc, and MariaDB when it runs on
+    /// this machine.
+    pub fn new(gateway: u32, idsvc: u32) -> Self {
+        let mut processes = vec![
+            ("load", std::process::id()),
+            ("gateway", gateway),
+            ("idsvc", idsvc),
+        ];
+        let mariadb = std::process::Command::new("pidof")
+            .arg("mariadbd")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|pids| pids.split_whitespace().next()?.parse().ok());
+        if let Some(pid) = mariadb {
+            processes.push(("mariadb", pid));
+        }
+        Self { processes }
+    }
+
+    pub fn read(&self) -> anyhow::Result<Vec<f64>> {
+        self.processes
+            .iter()
+            .map(|(_, pid)| cpu_seconds(*pid))
+            .collect()
+    }
+
+    /// CPU µs per request of each process since `before`.
+    pub fn per_request(&self, before: &[f64], requests: u64) -> anyhow::Result<CpuPerRequest> {
+        let now = self.read()?;
+        Ok(CpuPerRequest(
+            self.processes
+                .iter()
+                .zip(now.iter().zip(before))
+                .map(|((name, _), (now, before))| {
+                    (*name, (now - before) * 1e6 / requests.max(1) as f64)
+                })
+                .collect(),
+        ))
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CpuPerRequest(std::collections::BTreeMap<&'static str, f64>);
+
+impl std::fmt::Display for CpuPerRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CPU µs/request:")?;
+        for (name, us) in &self.0 {
+            write!(f, " {name} {us:.0}")?;
+        }
+        Ok(())
+    }
+}
