@@ -13,7 +13,9 @@ mod throttle;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use email::{Email, mask_email};
 pub use error::{Error, Result};
-pub use identity::{IdentityService, LegacyUser, Policy, Principal, TokenPair, User, UserChanges};
+pub use identity::{
+    IdentityService, LegacyFields, LegacyUser, Policy, Principal, TokenPair, User, UserChanges,
+};
 pub use password::{DEFAULT_MIN_PASSWORD_CHARS, MAX_PASSWORD_CHARS, Password};
 pub use phone::Phone;
 pub use store::*;
