@@ -851,8 +851,11 @@ async fn validate_after_migration_finds_no_differences_sqlite() {
     validate_after_migration_finds_no_differences(Backend::Sqlite).await;
 }
 
-/// Overwrites stored columns of a member behind the service's back.
-async fn tamper(h: &Harness, id: i64, set: &str, bind: Vec<u8>) {
+/// Overwrites a stored column of a member behind the service's back.
+async fn tamper<T>(h: &Harness, id: i64, set: &str, bind: T)
+where
+    T: for<'q> sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any> + Send,
+{
     sqlx::query(&format!("UPDATE users SET {set} = ? WHERE id = ?"))
         .bind(bind)
         .bind(id)
@@ -919,7 +922,7 @@ async fn validate_detects_tampering(backend: Backend) {
         &h,
         8,
         "password_hash",
-        b"$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW".to_vec(),
+        "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW".to_owned(),
     )
     .await;
     // A login re-hash (argon2id, newer version): allowed, counted.
@@ -930,7 +933,7 @@ async fn validate_detects_tampering(backend: Backend) {
     let upgraded = stored(11).await;
     assert!(upgraded.password_hash.starts_with("$argon2id$"));
     // argon2id without a newer version is not a re-hash: a difference.
-    tamper(&h, 12, "password_hash", upgraded.password_hash.into_bytes()).await;
+    tamper(&h, 12, "password_hash", upgraded.password_hash).await;
     // Version: behind the legacy row.
     sqlx::query("UPDATE users SET version = version - 1 WHERE id = 13")
         .execute(h.store.pool())
