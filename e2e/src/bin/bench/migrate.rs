@@ -47,7 +47,8 @@ fn write_export(path: &Path, rows: u64) -> anyhow::Result<()> {
             format!("member{id}@example.com")
         };
         let tel = if id % 3 == 0 {
-            format!("090-{:04}-{:04}", (id / 10_000) % 10_000, id % 10_000)
+            // Japanese mobile numbers: 090-[1-9]xxx-xxxx.
+            format!("090-{:04}-{:04}", 1000 + (id / 10_000) % 9000, id % 10_000)
         } else {
             String::new()
         };
