@@ -148,7 +148,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     }
     let mapping: PathBuf =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/legacy/mapping.toml");
-    let common = vec![
+    let common = [
         "--database-url".to_owned(),
         database.clone(),
         "--keys-dir".to_owned(),
