@@ -115,6 +115,16 @@ pub struct UserChanges {
     pub current_password: Option<String>,
 }
 
+/// A legacy member normalised and validated, not yet sealed.
+pub struct LegacyFields {
+    pub email: Email,
+    /// HMAC blind index of the normalised email, as `users.email_index` holds it.
+    pub email_index: [u8; 32],
+    pub phone: Option<Phone>,
+    /// The canonical stored form (`crypto::legacy_hash`).
+    pub password_hash: String,
+}
+
 /// A double write from the legacy system.
 pub struct LegacyUser {
     pub id: UserId,
@@ -474,6 +484,25 @@ impl IdentityService {
     /// blind-indexed exactly as a double write stores it. The migration jobs
     /// stage rows through here so both paths store the same thing.
     pub fn legacy_row(&self, legacy: &LegacyUser, now: Millis) -> Result<UserRow> {
+        let fields = self.legacy_fields(legacy)?;
+        let sealed = self
+            .seal(legacy.id, &fields.email, fields.phone.as_ref())
+            .map_err(Error::internal)?;
+        Ok(UserRow {
+            id: legacy.id,
+            email_sealed: sealed.email_sealed,
+            email_index: fields.email_index.to_vec(),
+            phone_sealed: sealed.phone_sealed,
+            password_hash: fields.password_hash,
+            version: legacy.version,
+            created_at: now,
+            updated_at: now,
+        })
+    }
+
+    /// A legacy member normalised and validated as `legacy_row` does, before
+    /// sealing: what `migrate validate` compares a stored row against.
+    pub fn legacy_fields(&self, legacy: &LegacyUser) -> Result<LegacyFields> {
         validate_legacy_ids(legacy.id, legacy.version)?;
         let email = Email::parse(&legacy.email)?;
         let phone = legacy
@@ -483,19 +512,57 @@ impl IdentityService {
             .map(Phone::parse)
             .transpose()?;
         let password_hash = check_password_hash(&legacy.password_hash)?;
-        let sealed = self
-            .seal(legacy.id, &email, phone.as_ref())
-            .map_err(Error::internal)?;
-        Ok(UserRow {
-            id: legacy.id,
-            email_sealed: sealed.email_sealed,
-            email_index: self.index.email(email.as_str()).to_vec(),
-            phone_sealed: sealed.phone_sealed,
+        Ok(LegacyFields {
+            email_index: self.index.email(email.as_str()),
+            email,
+            phone,
             password_hash,
-            version: legacy.version,
-            created_at: now,
-            updated_at: now,
         })
+    }
+
+    /// Opens a stored row's sealed email and phone as stored (normalised),
+    /// for `migrate validate`, which compares them with the legacy values and
+    /// never prints them. Each field fails on its own (another key, tampering).
+    pub fn open_pii(
+        &self,
+        row: &UserRow,
+    ) -> (anyhow::Result<String>, anyhow::Result<Option<String>>) {
+        let email = self.sealer.open(Field::Email, row.id, &row.email_sealed);
+        let phone = row
+            .phone_sealed
+            .as_deref()
+            .map(|blob| self.sealer.open(Field::Phone, row.id, blob))
+            .transpose();
+        (email, phone)
+    }
+
+    /// `migrate purge`: deletes a member whose legacy row is soft-deleted,
+    /// through the double write's delete path (tombstone at the legacy row's
+    /// `version`, sessions revoked), and audits it as a security event. True
+    /// when a member was deleted; false when none was stored or the stored
+    /// row is newer than the legacy deletion (then nothing changes).
+    pub async fn purge_legacy_deleted(&self, id: UserId, version: i64, job: &str) -> Result<bool> {
+        validate_legacy_ids(id, version)?;
+        let now = self.clock.now_ms();
+        let deleted = self.store.delete_user(id, version, now).await?;
+        if deleted {
+            // After the delete: an event is written only for a deletion that
+            // happened. A crash in between leaves a deletion that the job's
+            // report file still lists.
+            self.store
+                .record_security_event(
+                    "migration_purge",
+                    Some(id),
+                    &format!("{job}: soft-deleted in the legacy system at version {version}"),
+                    now,
+                )
+                .await?;
+            info!(
+                user_id = id,
+                version, "purged: soft-deleted in the legacy system"
+            );
+        }
+        Ok(deleted)
     }
 
     /// Double write: delete by legacy id. Idempotent; an older version than

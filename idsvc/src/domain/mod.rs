@@ -14,8 +14,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use email::{Email, mask_email};
 pub use error::{Error, Result};
 pub use identity::{
-    IdempotencyKey, IdentityService, LegacyUser, Policy, Principal, REGISTRATION_KEY_TTL,
-    TokenPair, User, UserChanges,
+    IdempotencyKey, IdentityService, LegacyFields, LegacyUser, Policy, Principal,
+    REGISTRATION_KEY_TTL, TokenPair, User, UserChanges,
 };
 pub use password::{DEFAULT_MIN_PASSWORD_CHARS, MAX_PASSWORD_CHARS, Password};
 pub use phone::Phone;

@@ -103,9 +103,14 @@ pub async fn run(
 
 /// Staged rows whose email another member already owns: reported, not inserted.
 async fn record_conflicts(store: &SqlStore, lo: i64, hi: i64) -> anyhow::Result<u64> {
+    // The owner as a correlated subquery, not a join: with a join and bound
+    // parameters, MariaDB may drive from `users` and scan it once per batch
+    // (measured: backfill slowing as `users` grows, 3× the floor at 100k).
     let rows = sqlx::query(&format!(
-        "SELECT s.id, o.id FROM migration_staging s JOIN users o ON o.email_index = s.email_index \
-         WHERE s.id > ? AND s.id <= ? AND o.id <> s.id AND {ELIGIBLE}"
+        "SELECT id, owner FROM (SELECT s.id AS id, \
+         (SELECT o.id FROM users o WHERE o.email_index = s.email_index) AS owner \
+         FROM migration_staging s WHERE s.id > ? AND s.id <= ? AND {ELIGIBLE}) x \
+         WHERE owner IS NOT NULL AND owner <> id"
     ))
     .bind(lo)
     .bind(hi)

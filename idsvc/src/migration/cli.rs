@@ -1,6 +1,6 @@
 //! `idbase migrate …`: arguments and dispatch; `src/main.rs` only parses.
 
-use super::{Mapping, backfill, bulkload, checkpoint, reports};
+use super::{Mapping, backfill, bulkload, checkpoint, purge, reports, validate, validation};
 use crate::PolicyArgs;
 use crate::store::SqlStore;
 use anyhow::Context;
@@ -27,8 +27,62 @@ pub enum MigrateCommand {
     Bulkload(BulkloadArgs),
     /// Fill absent users from staging in id-range batches (resumable, idempotent).
     Backfill(BackfillArgs),
-    /// Jobs run, checkpoints, counts.
+    /// Compare the legacy source with the store by id (exit 1 on differences not allowed).
+    Validate(ValidateArgs),
+    /// Delete stored members soft-deleted in the legacy source (dry run unless --apply).
+    Purge(PurgeArgs),
+    /// Jobs run, checkpoints, counts, the last validation.
     Status(StatusArgs),
+}
+
+/// The legacy source, read as bulkload reads it.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SourceArgs {
+    /// `tsv:PATH` (bcp -c export, gzip accepted), `mysql://…` or `sqlite://…`.
+    #[arg(long, env = "IDBASE_SOURCE", hide_env_values = true)]
+    pub source: String,
+    /// The mapping TOML (README: "Migration mapping").
+    #[arg(long, env = "IDBASE_MAPPING")]
+    pub mapping: PathBuf,
+    /// Rows per batch read from the source (and store rows per page).
+    #[arg(long, env = "IDBASE_MIGRATE_BATCH", default_value_t = 1000)]
+    pub batch: usize,
+    /// Source row count, for the ETA on stderr.
+    #[arg(long, env = "IDBASE_MIGRATE_EXPECTED_ROWS")]
+    pub expected_rows: Option<u64>,
+    /// No progress line on stderr.
+    #[arg(long, env = "IDBASE_MIGRATE_QUIET")]
+    pub quiet: bool,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Also write the report (JSON) here.
+    #[arg(long, env = "IDBASE_MIGRATE_REPORT")]
+    pub report: Option<PathBuf>,
+    /// Differences that do not fail: fields `email`, `phone`, `password_hash`,
+    /// `deleted`, `version`; `missing`; `extra` or one of its reasons
+    /// `absent_in_legacy`, `deleted_in_legacy`, `rejected_in_legacy`. Comma-separated.
+    #[arg(long, env = "IDBASE_MIGRATE_ALLOW", value_delimiter = ',')]
+    pub allow: Vec<String>,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct PurgeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Delete for real; without it, only list what would be deleted.
+    #[arg(long, env = "IDBASE_MIGRATE_APPLY")]
+    pub apply: bool,
+    /// Write one JSON line per member found soft-deleted in legacy: `{id, version, action}`.
+    #[arg(long, env = "IDBASE_MIGRATE_REPORT")]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -99,6 +153,8 @@ pub async fn run(command: MigrateCommand, cancel: CancellationToken) -> anyhow::
     match command {
         MigrateCommand::Bulkload(args) => run_bulkload(args, cancel).await,
         MigrateCommand::Backfill(args) => run_backfill(args, cancel).await,
+        MigrateCommand::Validate(args) => run_validate(args, cancel).await,
+        MigrateCommand::Purge(args) => run_purge(args, cancel).await,
         MigrateCommand::Status(args) => {
             let store = SqlStore::connect(&args.common.database_url).await?;
             let jobs = checkpoint::all(&store).await?;
@@ -114,12 +170,99 @@ pub async fn run(command: MigrateCommand, cancel: CancellationToken) -> anyhow::
                     })
                 })
                 .collect();
+            let last_validation = validation::latest(&store).await?;
             Ok(Outcome {
-                report: serde_json::json!({ "jobs": jobs }),
+                report: serde_json::json!({ "jobs": jobs, "last_validation": last_validation }),
                 success: true,
             })
         }
     }
+}
+
+async fn run_validate(args: ValidateArgs, cancel: CancellationToken) -> anyhow::Result<Outcome> {
+    let allow = validation::Allow::parse(&args.allow)?;
+    let mapping = Mapping::load(&args.source.mapping)?;
+    let service = crate::build_service(
+        &args.common.database_url,
+        &args.common.keys_dir,
+        &args.common.policy,
+    )
+    .await?;
+    let store = SqlStore::connect(&args.common.database_url).await?;
+    let options = validate::ValidateOptions {
+        batch: args.source.batch,
+        expected_rows: args.source.expected_rows,
+        progress: !args.source.quiet,
+        allow,
+    };
+    let report = validate::run(
+        service,
+        &store,
+        &args.source.source,
+        &mapping,
+        &options,
+        &cancel,
+    )
+    .await
+    .context("validate")?;
+    let Some(report) = report else {
+        return Ok(Outcome {
+            report: serde_json::json!({"job": "validate", "interrupted": true}),
+            success: false,
+        });
+    };
+    let json = serde_json::to_value(&report)?;
+    if let Some(path) = &args.report {
+        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(Outcome {
+        report: json,
+        success: report.passed,
+    })
+}
+
+async fn run_purge(args: PurgeArgs, cancel: CancellationToken) -> anyhow::Result<Outcome> {
+    let mapping = Mapping::load(&args.source.mapping)?;
+    let service = crate::build_service(
+        &args.common.database_url,
+        &args.common.keys_dir,
+        &args.common.policy,
+    )
+    .await?;
+    let store = SqlStore::connect(&args.common.database_url).await?;
+    let options = purge::PurgeOptions {
+        batch: args.source.batch,
+        apply: args.apply,
+        progress: !args.source.quiet,
+        expected_rows: args.source.expected_rows,
+        report: args.report.clone(),
+    };
+    let started = std::time::Instant::now();
+    let counts = purge::run(
+        service,
+        &store,
+        &args.source.source,
+        &mapping,
+        &options,
+        &cancel,
+    )
+    .await
+    .context("purge")?;
+    let Some(counts) = counts else {
+        return Ok(Outcome {
+            report: serde_json::json!({"job": "purge", "interrupted": true}),
+            success: false,
+        });
+    };
+    Ok(Outcome {
+        report: serde_json::json!({
+            "job": "purge",
+            "counts": counts,
+            "seconds": started.elapsed().as_secs_f64(),
+        }),
+        success: true,
+    })
 }
 
 async fn run_bulkload(args: BulkloadArgs, cancel: CancellationToken) -> anyhow::Result<Outcome> {

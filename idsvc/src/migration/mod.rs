@@ -8,9 +8,13 @@ pub mod checkpoint;
 pub mod cli;
 pub mod mapping;
 pub mod progress;
+pub mod purge;
 pub mod reports;
 pub mod source;
+pub mod store_scan;
 pub mod transform;
+pub mod validate;
+pub mod validation;
 
 pub use cli::{MigrateCommand, Outcome, run};
 pub use mapping::Mapping;

@@ -74,52 +74,120 @@ impl Transformer {
         record: &Record,
         now: Millis,
     ) -> Result<LegacyRecord, Reject> {
-        let field = |i: usize| record.get(i).and_then(|v| v.as_deref());
-        let raw_id = field(self.id).unwrap_or("").trim().to_owned();
+        let parsed = self.parse(record)?;
+        let mut row = service
+            .legacy_row(&parsed.user, now)
+            .map_err(|e| parsed.reject(e.to_string()))?;
+        row.created_at = parsed.created.unwrap_or(now);
+        row.updated_at = parsed.updated.unwrap_or(row.created_at);
+        Ok(LegacyRecord {
+            row,
+            deleted: parsed.key.deleted,
+        })
+    }
+
+    /// What `validate` and `purge` need before anything else: the id, the
+    /// version stamp and the soft-delete flag. A soft-deleted row whose other
+    /// columns are broken still has a key.
+    pub fn key(&self, record: &Record) -> Result<RowKey, Reject> {
+        let raw_id = field(record, self.id).unwrap_or("").trim();
         let reject = |reason: String| Reject {
-            id: raw_id.clone(),
+            id: raw_id.to_owned(),
             reason,
         };
         let id: i64 = raw_id
             .parse()
             .map_err(|_| reject("id is not an integer".into()))?;
-        let stamp = |i: Option<usize>, what: &str| -> Result<Option<i64>, Reject> {
-            match i.and_then(field) {
-                None => Ok(None),
-                Some(v) => super::mapping::stamp_millis(v, self.offset)
-                    .map(Some)
-                    .ok_or_else(|| reject(format!("{what} {v:?} is not a timestamp or integer"))),
-            }
-        };
-        let version = stamp(Some(self.version), "version")?
+        let version = self
+            .stamp(record, Some(self.version), "version")
+            .map_err(reject)?
             .ok_or_else(|| reject("version is NULL".into()))?;
-        let created = stamp(self.created, "created")?;
-        let updated = stamp(self.updated, "updated")?;
-        let raw_hash = field(self.hash).ok_or_else(|| reject("password hash is NULL".into()))?;
+        let deleted = self
+            .deleted
+            .and_then(|i| field(record, i))
+            .is_some_and(|v| self.deleted_values.iter().any(|d| d == v.trim()));
+        Ok(RowKey {
+            id,
+            version,
+            deleted,
+        })
+    }
+
+    /// The record as the double write's input (`LegacyUser`), with its
+    /// stamps; nothing normalised or validated beyond the key yet.
+    pub fn parse(&self, record: &Record) -> Result<ParsedRecord, Reject> {
+        let key = self.key(record)?;
+        let reject = |reason: String| Reject {
+            id: key.id.to_string(),
+            reason,
+        };
+        let created = self
+            .stamp(record, self.created, "created")
+            .map_err(reject)?;
+        let updated = self
+            .stamp(record, self.updated, "updated")
+            .map_err(reject)?;
+        let raw_hash =
+            field(record, self.hash).ok_or_else(|| reject("password hash is NULL".into()))?;
         let password_hash = match &self.salted {
             None => raw_hash.to_owned(),
             Some((alg, pos)) => {
-                let salt = self.salt.and_then(field).unwrap_or("");
+                let salt = self.salt.and_then(|i| field(record, i)).unwrap_or("");
                 legacy_hash::salted(alg, *pos, salt.as_bytes(), raw_hash)
                     .map_err(|e| reject(format!("password hash: {e}")))?
             }
         };
-        let legacy = LegacyUser {
-            id,
-            email: field(self.email).unwrap_or("").to_owned(),
-            phone: self.phone.and_then(field).map(str::to_owned),
+        let user = LegacyUser {
+            id: key.id,
+            email: field(record, self.email).unwrap_or("").to_owned(),
+            phone: self.phone.and_then(|i| field(record, i)).map(str::to_owned),
             password_hash,
-            version,
+            version: key.version,
         };
-        let mut row = service
-            .legacy_row(&legacy, now)
-            .map_err(|e| reject(e.to_string()))?;
-        row.created_at = created.unwrap_or(now);
-        row.updated_at = updated.unwrap_or(row.created_at);
-        let deleted = self
-            .deleted
-            .and_then(field)
-            .is_some_and(|v| self.deleted_values.iter().any(|d| d == v.trim()));
-        Ok(LegacyRecord { row, deleted })
+        Ok(ParsedRecord {
+            key,
+            user,
+            created,
+            updated,
+        })
+    }
+
+    fn stamp(&self, record: &Record, i: Option<usize>, what: &str) -> Result<Option<i64>, String> {
+        match i.and_then(|i| field(record, i)) {
+            None => Ok(None),
+            Some(v) => super::mapping::stamp_millis(v, self.offset)
+                .map(Some)
+                .ok_or_else(|| format!("{what} {v:?} is not a timestamp or integer")),
+        }
+    }
+}
+
+fn field(record: &Record, i: usize) -> Option<&str> {
+    record.get(i).and_then(|v| v.as_deref())
+}
+
+/// A legacy row's identity, ordering stamp and soft-delete flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowKey {
+    pub id: i64,
+    pub version: i64,
+    pub deleted: bool,
+}
+
+/// A legacy record read into the double write's input.
+pub struct ParsedRecord {
+    pub key: RowKey,
+    pub user: LegacyUser,
+    pub created: Option<Millis>,
+    pub updated: Option<Millis>,
+}
+
+impl ParsedRecord {
+    /// A reject of this record with `reason`.
+    pub fn reject(&self, reason: String) -> Reject {
+        Reject {
+            id: self.key.id.to_string(),
+            reason,
+        }
     }
 }

@@ -11,6 +11,8 @@ pub struct Harness {
     pub service: IdentityService,
     pub store: Arc<SqlStore>,
     pub clock: Arc<ManualClock>,
+    /// The store's URL, for jobs run through the `idbase migrate` CLI code.
+    pub database_url: String,
     dir: tempfile::TempDir,
 }
 
@@ -82,6 +84,7 @@ impl Harness {
             service,
             store,
             clock,
+            database_url: url,
             dir,
         }
     }

@@ -479,10 +479,17 @@ async fn double_writes_during_bulkload_and_backfill_end_in_the_legacy_state() {
     let base = 3_000_000_000_000i64;
     // Ids outside the duplicate pairs, so the legacy duplicates rule is unaffected.
     let touched = |id: i64| id % 50 != 0 && (id + 1) % 50 != 0;
-    let hash = "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW".to_owned();
+    // The legacy system's own hash form, so the final export can carry it.
+    let hash = idsvc::crypto::legacy_hash::salted(
+        "sha256",
+        idsvc::crypto::legacy_hash::SaltPosition::Before,
+        DW_SALT.as_bytes(),
+        DW_DIGEST,
+    )
+    .unwrap();
     let upsert = move |id: i64, version: i64| idsvc::domain::LegacyUser {
         id,
-        email: format!("dw{id}-{version}@example.com"),
+        email: dw_email(id, version),
         phone: None,
         password_hash: hash.clone(),
         version,
@@ -580,4 +587,620 @@ async fn double_writes_during_bulkload_and_backfill_end_in_the_legacy_state() {
         .collect();
     assert_eq!(actual.len(), expected.len());
     assert_eq!(actual, expected);
+
+    // The legacy table after those writes, exported again: validate finds
+    // nothing to report but the duplicate losers and the rejects.
+    let snapshot = export(n);
+    let mut after = String::new();
+    for (line, id) in snapshot.lines().zip(1..=n) {
+        match ops.iter().filter(|op| op.0 == id).max_by_key(|op| op.1) {
+            Some(&(_, version, upsert)) => {
+                let email = if upsert {
+                    dw_email(id, version)
+                } else {
+                    format!("gone{id}@example.com")
+                };
+                after.push_str(&format!(
+                    "{id}\t{email}\t{DW_DIGEST}\t{DW_SALT}\t\t{}\t2020-01-01 00:00:00\t{version}\n",
+                    i64::from(!upsert)
+                ));
+            }
+            None => {
+                after.push_str(line);
+                after.push('\n');
+            }
+        }
+    }
+    let final_export = dir.path().join("member-after.tsv");
+    std::fs::write(&final_export, after).unwrap();
+    let report = validate(&h, &final_export, &[]).await;
+    assert!(report.passed, "{report:#?}");
+    assert_eq!(
+        (report.missing, report.extra, report.different),
+        (0, 0, 0),
+        "{report:#?}"
+    );
+    assert_eq!(report.source_rows, n as u64);
+    assert_eq!(
+        report.rejected,
+        (1..=n)
+            .filter(|id| id % 211 == 0 && !ops.iter().any(|op| op.0 == *id))
+            .count() as u64
+    );
+    assert_balanced(&report);
+}
+
+/// The double writes' password: salted SHA-256 as the legacy table stores it.
+const DW_SALT: &str = "dwsalt";
+/// SHA-256("dwsalt" ‖ "password"), upper-case hex as the legacy table holds it.
+const DW_DIGEST: &str = "B1ADA3943EF59FEB9C6ACFBC42E20F7FF17F26106B7581CE46E0179D684A9046";
+
+fn dw_email(id: i64, version: i64) -> String {
+    format!("dw{id}-{version}@example.com")
+}
+
+/// Runs `validate` over a TSV export in the fixture layout.
+async fn validate(
+    h: &Harness,
+    export: &Path,
+    allow: &[&str],
+) -> idsvc::migration::validation::ValidationReport {
+    use idsvc::migration::{validate, validation};
+    let allow: Vec<String> = allow.iter().map(|a| (*a).to_owned()).collect();
+    let options = validate::ValidateOptions {
+        batch: 64,
+        expected_rows: None,
+        progress: false,
+        allow: validation::Allow::parse(&allow).unwrap(),
+    };
+    validate::run(
+        h.shared_service(),
+        &h.store,
+        &format!("tsv:{}", export.display()),
+        &mapping(),
+        &options,
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+/// Every legacy row is counted exactly once.
+fn assert_balanced(r: &idsvc::migration::validation::ValidationReport) {
+    assert_eq!(
+        r.source_rows,
+        r.matched
+            + r.missing
+            + r.different
+            + r.duplicate_losers
+            + r.rejected
+            + r.extra_reasons.deleted_in_legacy
+            + r.extra_reasons.rejected_in_legacy,
+        "{r:#?}"
+    );
+    assert_eq!(
+        r.extra,
+        r.extra_reasons.absent_in_legacy
+            + r.extra_reasons.deleted_in_legacy
+            + r.extra_reasons.rejected_in_legacy
+    );
+}
+
+/// `export(n)` bulkloaded and backfilled; returns the export's path.
+async fn migrated(h: &Harness, dir: &Path, n: i64) -> std::path::PathBuf {
+    use idsvc::migration::{backfill, bulkload};
+    let path = dir.join("member.tsv");
+    std::fs::write(&path, export(n)).unwrap();
+    let options = bulkload::BulkloadOptions {
+        batch: 100,
+        expected_rows: None,
+        progress: false,
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    bulkload::run(
+        h.shared_service(),
+        &h.store,
+        &format!("tsv:{}", path.display()),
+        &mapping(),
+        &options,
+        &cancel,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    backfill::run(&h.store, 128, false, &cancel)
+        .await
+        .unwrap()
+        .unwrap();
+    path
+}
+
+/// Live duplicate losers of `export(n)` (the latest-updated rule).
+fn export_losers(n: i64) -> u64 {
+    let pair_live = |a: i64, b: i64| a % 97 != 0 && b % 97 != 0 && a % 211 != 0 && b % 211 != 0;
+    (1..=n)
+        .filter(|id| id % 50 == 0 && pair_live(id - 1, *id))
+        .count() as u64
+}
+
+/// `idbase migrate …` through the CLI code, as the binary runs it.
+async fn cli(args: &[&str]) -> anyhow::Result<idsvc::migration::Outcome> {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: idsvc::migration::MigrateCommand,
+    }
+    let cli = <Cli as clap::Parser>::try_parse_from(
+        std::iter::once("migrate").chain(args.iter().copied()),
+    )?;
+    idsvc::migration::run(cli.command, tokio_util::sync::CancellationToken::new()).await
+}
+
+async fn validate_after_migration_finds_no_differences(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let export = migrated(&h, dir.path(), 1000).await;
+    let report_file = dir.path().join("validate.json");
+    let keys = h.store_dir().join("keys");
+    let mapping_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/fixtures/legacy/mapping.toml");
+    let source = format!("tsv:{}", export.display());
+    let outcome = cli(&[
+        "validate",
+        "--database-url",
+        &h.database_url,
+        "--keys-dir",
+        keys.to_str().unwrap(),
+        "--source",
+        &source,
+        "--mapping",
+        mapping_path.to_str().unwrap(),
+        "--batch",
+        "100",
+        "--report",
+        report_file.to_str().unwrap(),
+        "--quiet",
+    ])
+    .await
+    .unwrap();
+    assert!(outcome.success, "{}", outcome.report);
+    let report: idsvc::migration::validation::ValidationReport =
+        serde_json::from_str(&std::fs::read_to_string(&report_file).unwrap()).unwrap();
+    assert_eq!(serde_json::to_value(&report).unwrap(), outcome.report);
+    assert_eq!(report.source_rows, 1000);
+    assert_eq!((report.missing, report.extra, report.different), (0, 0, 0));
+    assert_eq!(report.rejected, 4, "211, 422, 633, 844");
+    assert_eq!(report.duplicate_losers, export_losers(1000));
+    // 97 … 970 are soft-deleted in legacy and absent here.
+    assert_eq!(report.matched_deleted, 10);
+    assert_eq!(
+        report.matched,
+        1000 - 4 - export_losers(1000),
+        "{report:#?}"
+    );
+    assert_eq!(report.samples.rejected, ["211", "422", "633", "844"]);
+    assert_balanced(&report);
+    assert!(report.finished_at_ms >= report.started_at_ms);
+
+    // `status` shows it.
+    let status = cli(&[
+        "status",
+        "--database-url",
+        &h.database_url,
+        "--keys-dir",
+        keys.to_str().unwrap(),
+    ])
+    .await
+    .unwrap();
+    let last = &status.report["last_validation"];
+    assert_eq!(last["passed"], true, "{}", status.report);
+    assert_eq!(last["source_rows"], 1000);
+    assert_eq!(last["matched"], report.matched);
+    assert_eq!(last["finished_at_ms"], report.finished_at_ms);
+
+    // A source out of id order is refused with the row named, not mis-merged.
+    let shuffled = dir.path().join("shuffled.tsv");
+    let text = std::fs::read_to_string(&export).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.swap(10, 11);
+    std::fs::write(&shuffled, lines.join("\n")).unwrap();
+    let err = cli(&[
+        "validate",
+        "--database-url",
+        &h.database_url,
+        "--keys-dir",
+        keys.to_str().unwrap(),
+        "--source",
+        &format!("tsv:{}", shuffled.display()),
+        "--mapping",
+        mapping_path.to_str().unwrap(),
+        "--quiet",
+    ])
+    .await
+    .err()
+    .unwrap();
+    assert!(format!("{err:#}").contains("ascending id order"), "{err:#}");
+    // An unknown --allow name is an error, not a silent pass.
+    let err = cli(&[
+        "validate",
+        "--database-url",
+        &h.database_url,
+        "--keys-dir",
+        keys.to_str().unwrap(),
+        "--source",
+        &source,
+        "--mapping",
+        mapping_path.to_str().unwrap(),
+        "--allow",
+        "passwords",
+    ])
+    .await
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("passwords"), "{err}");
+}
+
+#[tokio::test]
+async fn validate_after_migration_finds_no_differences_mysql() {
+    validate_after_migration_finds_no_differences(Backend::MySql).await;
+}
+
+#[tokio::test]
+async fn validate_after_migration_finds_no_differences_sqlite() {
+    validate_after_migration_finds_no_differences(Backend::Sqlite).await;
+}
+
+/// Overwrites a stored column of a member behind the service's back.
+async fn tamper<T>(h: &Harness, id: i64, set: &str, bind: T)
+where
+    T: for<'q> sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any> + Send,
+{
+    sqlx::query(&format!("UPDATE users SET {set} = ? WHERE id = ?"))
+        .bind(bind)
+        .bind(id)
+        .execute(h.store.pool())
+        .await
+        .unwrap();
+}
+
+async fn validate_detects_tampering(backend: Backend) {
+    use idsvc::domain::{LegacyUser, Store};
+    let h = Harness::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let export = migrated(&h, dir.path(), 1000).await;
+    let clean = validate(&h, &export, &[]).await;
+    assert!(clean.passed, "{clean:#?}");
+    let stored = |id: i64| {
+        let store = h.store.clone();
+        async move { store.user(id).await.unwrap().unwrap() }
+    };
+    let sealed_as = |id: i64, email: &str, phone: Option<&str>, version: i64| {
+        h.service
+            .legacy_row(
+                &LegacyUser {
+                    id,
+                    email: email.to_owned(),
+                    phone: phone.map(str::to_owned),
+                    password_hash: "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW"
+                        .to_owned(),
+                    version,
+                },
+                0,
+            )
+            .unwrap()
+    };
+    // Missing: removed without a tombstone.
+    sqlx::query("DELETE FROM users WHERE id = 2")
+        .execute(h.store.pool())
+        .await
+        .unwrap();
+    // Deleted here, live in legacy: a tombstone.
+    let three = stored(3).await;
+    assert!(h.store.delete_user(3, three.version, 1).await.unwrap());
+    // Extra: an id legacy never had, and one legacy soft-deleted (97).
+    h.store
+        .upsert_legacy(&sealed_as(5000, "new5000@example.com", None, 1))
+        .await
+        .unwrap();
+    h.store
+        .upsert_legacy(&sealed_as(97, "member97@example.com", None, 1))
+        .await
+        .unwrap();
+    // Email: another address, index and sealed value both.
+    let other = sealed_as(4, "other4@example.com", None, 1);
+    tamper(&h, 4, "email_index", other.email_index).await;
+    tamper(&h, 4, "email_sealed", other.email_sealed).await;
+    // Email: the index still right, the sealed value another member's address.
+    let wrong = sealed_as(5, "member6@example.com", None, 1);
+    tamper(&h, 5, "email_sealed", wrong.email_sealed).await;
+    // Phone: legacy has none.
+    let phoned = sealed_as(6, "member6@example.com", Some("090-1234-5678"), 1);
+    tamper(&h, 6, "phone_sealed", phoned.phone_sealed.unwrap()).await;
+    // Password: another legacy hash.
+    tamper(
+        &h,
+        8,
+        "password_hash",
+        "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW".to_owned(),
+    )
+    .await;
+    // A login re-hash (argon2id, newer version): allowed, counted.
+    h.service
+        .login("member11@example.com", "pw-11")
+        .await
+        .unwrap();
+    let upgraded = stored(11).await;
+    assert!(upgraded.password_hash.starts_with("$argon2id$"));
+    // argon2id without a newer version is not a re-hash: a difference.
+    tamper(&h, 12, "password_hash", upgraded.password_hash).await;
+    // Version: behind the legacy row.
+    sqlx::query("UPDATE users SET version = version - 1 WHERE id = 13")
+        .execute(h.store.pool())
+        .await
+        .unwrap();
+
+    let r = validate(&h, &export, &[]).await;
+    assert!(!r.passed);
+    assert_eq!(r.missing, 1, "{r:#?}");
+    assert_eq!(r.samples.missing, [2]);
+    assert_eq!(r.extra, 2);
+    assert_eq!(r.extra_reasons.absent_in_legacy, 1);
+    assert_eq!(r.extra_reasons.deleted_in_legacy, 1);
+    let extra: Vec<(i64, &str)> = r
+        .samples
+        .extra
+        .iter()
+        .map(|e| (e.id, e.reason.as_str()))
+        .collect();
+    assert_eq!(
+        extra,
+        [(97, "deleted_in_legacy"), (5000, "absent_in_legacy")]
+    );
+    assert_eq!(r.different, 7, "{r:#?}");
+    let fields = &r.different_fields;
+    assert_eq!(
+        (
+            fields.email,
+            fields.phone,
+            fields.password_hash,
+            fields.deleted,
+            fields.version
+        ),
+        (2, 1, 2, 1, 1),
+        "{r:#?}"
+    );
+    let different: Vec<(i64, Vec<&str>)> = r
+        .samples
+        .different
+        .iter()
+        .map(|d| (d.id, d.fields.iter().map(String::as_str).collect()))
+        .collect();
+    assert_eq!(
+        different,
+        [
+            (4, vec!["email"]),
+            (5, vec!["email"]),
+            (6, vec!["phone"]),
+            (8, vec!["password_hash"]),
+            (12, vec!["password_hash"]),
+            (13, vec!["version"]),
+            (3, vec!["deleted"]),
+        ]
+    );
+    assert_eq!(r.password_upgraded, 1);
+    assert_eq!(r.failures, 10);
+    assert_eq!(r.duplicate_losers, export_losers(1000));
+    assert_balanced(&r);
+    let last = idsvc::migration::validation::latest(&h.store)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (last.missing, last.extra, last.different, last.passed),
+        (1, 2, 7, false)
+    );
+
+    // Allowing every kind found passes; allowing fewer does not.
+    let all = [
+        "missing",
+        "extra",
+        "email",
+        "phone",
+        "password_hash",
+        "deleted",
+        "version",
+    ];
+    assert!(validate(&h, &export, &all).await.passed);
+    let partial = validate(
+        &h,
+        &export,
+        &["missing", "extra", "email", "phone", "deleted", "version"],
+    )
+    .await;
+    assert!(!partial.passed);
+    assert_eq!(partial.failures, 2, "ids 8 and 12");
+    let deleted_only = validate(&h, &export, &["deleted_in_legacy"]).await;
+    assert_eq!(deleted_only.failures, 9);
+}
+
+#[tokio::test]
+async fn validate_detects_missing_extra_and_different_mysql() {
+    validate_detects_tampering(Backend::MySql).await;
+}
+
+#[tokio::test]
+async fn validate_detects_missing_extra_and_different_sqlite() {
+    validate_detects_tampering(Backend::Sqlite).await;
+}
+
+async fn staged_version(h: &Harness, id: i64) -> i64 {
+    sqlx::query_scalar("SELECT version FROM migration_staging WHERE id = ?")
+        .bind(id)
+        .fetch_one(h.store.pool())
+        .await
+        .unwrap()
+}
+
+async fn purge_removes_members_soft_deleted_in_legacy(backend: Backend) {
+    use idsvc::domain::{LegacyUser, Store, UpsertOutcome};
+    let h = Harness::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let export = migrated(&h, dir.path(), 1000).await;
+    let service = h.shared_service();
+    let hash = "$2a$05$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW";
+    let legacy = |id: i64, version: i64| LegacyUser {
+        id,
+        email: format!("back{id}@example.com"),
+        phone: None,
+        password_hash: hash.to_owned(),
+        version,
+    };
+    // Soft-deleted in legacy, back here through late double writes older
+    // than the deletion; 388 through one newer than it (left alone).
+    let mut deletion = std::collections::BTreeMap::new();
+    for id in [97, 194, 291, 388] {
+        let v = staged_version(&h, id).await;
+        deletion.insert(id, v);
+        let version = if id == 388 { v + 1 } else { v - 1000 };
+        let (outcome, _) = service.upsert_legacy(legacy(id, version)).await.unwrap();
+        assert_eq!(outcome, UpsertOutcome::Created);
+    }
+    let before = user_ids(&h).await;
+    let keys = h.store_dir().join("keys");
+    let mapping_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/fixtures/legacy/mapping.toml");
+    let source = format!("tsv:{}", export.display());
+    let report = dir.path().join("purge.jsonl");
+    let purge = |apply: bool| {
+        let mut args = vec![
+            "purge".to_owned(),
+            "--database-url".into(),
+            h.database_url.clone(),
+            "--keys-dir".into(),
+            keys.display().to_string(),
+            "--source".into(),
+            source.clone(),
+            "--mapping".into(),
+            mapping_path.display().to_string(),
+            "--batch".into(),
+            "100".into(),
+            "--report".into(),
+            report.display().to_string(),
+            "--quiet".into(),
+        ];
+        if apply {
+            args.push("--apply".into());
+        }
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli(&args).await.unwrap()
+        }
+    };
+    let lines = || -> Vec<(i64, i64, String)> {
+        std::fs::read_to_string(&report)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["id"].as_i64().unwrap(),
+                    v["version"].as_i64().unwrap(),
+                    v["action"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+
+    // Dry run: lists, changes nothing.
+    let dry = purge(false).await;
+    assert!(dry.success);
+    assert_eq!(dry.report["counts"]["dry_run"], true);
+    assert_eq!(dry.report["counts"]["soft_deleted"], 10, "{}", dry.report);
+    assert_eq!(dry.report["counts"]["stored"], 4);
+    assert_eq!(dry.report["counts"]["deleted"], 0);
+    assert_eq!(
+        lines(),
+        [
+            (97, deletion[&97], "would_delete".to_owned()),
+            (194, deletion[&194], "would_delete".to_owned()),
+            (291, deletion[&291], "would_delete".to_owned()),
+            (388, deletion[&388], "would_skip_newer".to_owned()),
+        ]
+    );
+    assert_eq!(user_ids(&h).await, before);
+    assert!(h.store.tombstone(97).await.unwrap().is_none());
+    assert!(h.store.security_events(100).await.unwrap().is_empty());
+
+    // Apply: exactly those three go, each with a tombstone at the legacy
+    // deletion's version and an audit event.
+    let applied = purge(true).await;
+    assert_eq!(applied.report["counts"]["deleted"], 3, "{}", applied.report);
+    assert_eq!(applied.report["counts"]["skipped_newer"], 1);
+    let after = user_ids(&h).await;
+    let expected: Vec<_> = before
+        .iter()
+        .filter(|u| ![97, 194, 291].contains(&u.0))
+        .cloned()
+        .collect();
+    assert_eq!(after, expected);
+    for id in [97, 194, 291] {
+        let tomb = h.store.tombstone(id).await.unwrap().unwrap();
+        assert_eq!(tomb.version, deletion[&id]);
+    }
+    let mut audited: Vec<(String, Option<i64>)> = h
+        .store
+        .security_events(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.kind, e.user_id))
+        .collect();
+    audited.sort();
+    assert_eq!(
+        audited,
+        [
+            ("migration_purge".to_owned(), Some(97)),
+            ("migration_purge".to_owned(), Some(194)),
+            ("migration_purge".to_owned(), Some(291)),
+        ]
+    );
+    let actions: Vec<(i64, String)> = lines().into_iter().map(|l| (l.0, l.2)).collect();
+    assert_eq!(
+        actions,
+        [
+            (97, "deleted".to_owned()),
+            (194, "deleted".to_owned()),
+            (291, "deleted".to_owned()),
+            (388, "skipped_newer".to_owned()),
+        ]
+    );
+
+    // A late double write older than the tombstone does not bring one back.
+    let (outcome, _) = service
+        .upsert_legacy(legacy(97, deletion[&97] - 1))
+        .await
+        .unwrap();
+    assert_eq!(outcome, UpsertOutcome::Stale);
+    assert!(h.store.user(97).await.unwrap().is_none());
+    // Validate now sees only the member left alone.
+    let r = validate(&h, &export, &[]).await;
+    assert_eq!(r.extra, 1, "{r:#?}");
+    assert_eq!(r.samples.extra[0].id, 388);
+    assert_eq!(r.extra_reasons.deleted_in_legacy, 1);
+    assert_eq!((r.missing, r.different), (0, 0));
+    // A second apply finds nothing more to delete.
+    let again = purge(true).await;
+    assert_eq!(again.report["counts"]["deleted"], 0);
+    assert_eq!(h.store.security_events(100).await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn purge_dry_run_then_apply_mysql() {
+    purge_removes_members_soft_deleted_in_legacy(Backend::MySql).await;
+}
+
+#[tokio::test]
+async fn purge_dry_run_then_apply_sqlite() {
+    purge_removes_members_soft_deleted_in_legacy(Backend::Sqlite).await;
 }

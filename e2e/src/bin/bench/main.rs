@@ -9,6 +9,7 @@ mod auth;
 mod failover;
 mod gateway;
 mod load;
+mod migrate;
 mod waf;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ enum Bench {
     GatewayWaf(waf::Args),
     /// `GET /v1/users/me` with both idsvc endpoints up vs the first one down.
     GatewayFailover(failover::Args),
+    /// `idbase migrate` bulkload, backfill and validate against MariaDB's LOAD DATA floor.
+    Migrate(migrate::Args),
 }
 
 #[tokio::main]
@@ -47,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Gateway(args) => gateway::run(args).await?,
         Bench::GatewayWaf(args) => waf::run(args).await?,
         Bench::GatewayFailover(args) => failover::run(args).await?,
+        Bench::Migrate(args) => migrate::run(args).await?,
     };
     let text = serde_json::to_string_pretty(&figures)?;
     println!("{text}");

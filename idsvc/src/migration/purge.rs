@@ -1,0 +1,164 @@
+//! `idbase migrate purge`: deletes stored members whose legacy row is
+//! soft-deleted (the legacy system deletes logically, idbase physically).
+//!
+//! The source is streamed a batch at a time; for each batch one query finds
+//! which soft-deleted ids are stored. A dry run (the default) only lists
+//! them. With `apply`, each goes through the double write's delete path
+//! (`IdentityService::purge_legacy_deleted`: tombstone at the legacy row's
+//! version, so no older double write brings the member back; sessions
+//! revoked) and is audited as a `migration_purge` security event. Every
+//! decision is a line of the report file: `{id, version, action}` with
+//! action `would_delete`, `deleted`, or `skipped_newer` (the stored member
+//! changed after the legacy deletion: left alone, for a human to look at).
+
+use super::checkpoint;
+use super::mapping::Mapping;
+use super::progress::Progress;
+use super::source::Source;
+use super::transform::Transformer;
+use crate::domain::IdentityService;
+use crate::store::SqlStore;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub const JOB: &str = "purge";
+
+pub struct PurgeOptions {
+    pub batch: usize,
+    pub apply: bool,
+    pub progress: bool,
+    pub expected_rows: Option<u64>,
+    /// JSON lines, one per stored member found soft-deleted in legacy.
+    pub report: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PurgeCounts {
+    pub dry_run: bool,
+    pub source_rows: u64,
+    /// Soft-deleted in the legacy source.
+    pub soft_deleted: u64,
+    /// Of those, stored here (what a dry run would delete).
+    pub stored: u64,
+    pub deleted: u64,
+    /// Stored with a newer version than the legacy deletion: left alone.
+    pub skipped_newer: u64,
+    /// Rows whose id or version cannot be read (nothing can be decided).
+    pub unreadable: u64,
+}
+
+#[derive(Serialize)]
+struct Line {
+    id: i64,
+    version: i64,
+    action: &'static str,
+}
+
+/// Runs a purge; `None` when cancelled (what was deleted stays deleted and
+/// is in the report file; a new run picks up the rest).
+pub async fn run(
+    service: Arc<IdentityService>,
+    store: &SqlStore,
+    source_spec: &str,
+    mapping: &Mapping,
+    options: &PurgeOptions,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<PurgeCounts>> {
+    let batch_size = options.batch.clamp(1, 10_000);
+    let mut source = Source::open(source_spec, mapping, batch_size).await?;
+    let transformer = Transformer::new(mapping, &source)?;
+    let mut report = options
+        .report
+        .as_ref()
+        .map(|path| std::fs::File::create(path).map(std::io::BufWriter::new))
+        .transpose()?;
+    let mut counts = PurgeCounts {
+        dry_run: !options.apply,
+        ..PurgeCounts::default()
+    };
+    let mut progress = Progress::new(JOB, options.progress, options.expected_rows, 0);
+    while !cancel.is_cancelled() {
+        let Some(batch) = source.next_batch().await? else {
+            break;
+        };
+        counts.source_rows += batch.len() as u64;
+        // id → the legacy deletion's version.
+        let mut deleted: HashMap<i64, i64> = HashMap::new();
+        for record in &batch {
+            match transformer.key(record) {
+                Ok(key) if key.deleted => {
+                    deleted.insert(key.id, key.version);
+                }
+                Ok(_) => {}
+                Err(_) => counts.unreadable += 1,
+            }
+        }
+        counts.soft_deleted += deleted.len() as u64;
+        let mut stored = stored_versions(store, deleted.keys().copied().collect()).await?;
+        stored.sort_unstable();
+        for (id, stored_version) in stored {
+            let version = deleted[&id];
+            counts.stored += 1;
+            let action = if !options.apply {
+                if stored_version > version {
+                    "would_skip_newer"
+                } else {
+                    "would_delete"
+                }
+            } else if service.purge_legacy_deleted(id, version, JOB).await? {
+                counts.deleted += 1;
+                "deleted"
+            } else {
+                counts.skipped_newer += 1;
+                "skipped_newer"
+            };
+            if let Some(out) = report.as_mut() {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string(&Line {
+                        id,
+                        version,
+                        action
+                    })?
+                )?;
+            }
+        }
+        progress.advance(batch.len() as u64);
+    }
+    progress.finish();
+    if let Some(mut out) = report {
+        out.flush()?;
+    }
+    if cancel.is_cancelled() {
+        return Ok(None);
+    }
+    if options.apply {
+        checkpoint::save(store, JOB, counts.source_rows as i64, true, &counts).await?;
+    }
+    Ok(Some(counts))
+}
+
+/// (id, stored version) of the given ids that are stored.
+async fn stored_versions(store: &SqlStore, ids: Vec<i64>) -> anyhow::Result<Vec<(i64, i64)>> {
+    let mut out = Vec::new();
+    for chunk in ids.chunks(500) {
+        let sql = format!(
+            "SELECT id, version FROM users WHERE id IN ({})",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(store.pool()).await? {
+            out.push((row.try_get(0)?, row.try_get(1)?));
+        }
+    }
+    Ok(out)
+}
