@@ -114,9 +114,6 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
         .route("/metrics", get(meta::metrics));
     Ok(clients_only
         .merge(open)
-        .route_layer(from_fn_with_state(edge, edge::guard))
-        .route_layer(from_fn(upstream::trace::report))
-        .route_layer(from_fn(telemetry::observe))
         .fallback(|| async {
             Problem::new(
                 StatusCode::NOT_FOUND,
@@ -131,6 +128,11 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
                 "method not allowed on this route".to_owned(),
             )
         })
+        // `layer`, not `route_layer`: unknown paths (a scanner's probes) are
+        // logged, counted and judged by the WAF like every other request.
+        .layer(from_fn_with_state(edge, edge::guard))
+        .layer(from_fn(upstream::trace::report))
+        .layer(from_fn(telemetry::observe))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state))
 }

@@ -126,6 +126,22 @@ async fn ipv4_and_ipv6_cidrs_and_single_addresses_are_blocked() {
         StatusCode::FORBIDDEN
     );
 
+    // Unknown paths too: a blocked scanner learns nothing about routes.
+    for (peer, expected) in [
+        ("203.0.113.77:5000", StatusCode::FORBIDDEN),
+        ("198.51.100.8:1", StatusCode::NOT_FOUND),
+    ] {
+        let mut probe = Request::get("/wp-login.php").body(Body::empty()).unwrap();
+        probe
+            .extensions_mut()
+            .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+        assert_eq!(
+            s.app.clone().oneshot(probe).await.unwrap().status(),
+            expected,
+            "{peer}"
+        );
+    }
+
     let metrics = gateway::telemetry::prometheus().render();
     assert!(
         metrics.contains(r#"idbase_waf_decisions_total{rule="denylist",action="block"}"#),
