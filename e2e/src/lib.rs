@@ -44,6 +44,19 @@ pub fn idbase_binary() -> anyhow::Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// `idbase keys generate --out DIR`: a fresh key ring for a deployment or job.
+pub fn generate_keys(binary: &Path, dir: &Path) -> anyhow::Result<()> {
+    let status = Command::new(binary)
+        .args(["keys", "generate", "--out"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("idbase keys generate failed");
+    }
+    Ok(())
+}
+
 /// A free loopback port (bound, then released for the child to take).
 pub fn free_addr() -> anyhow::Result<String> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -265,14 +278,7 @@ impl Deployment {
         let binary = options.binary.to_owned();
         let dir = tempfile::tempdir()?;
         let keys = dir.path().join("keys");
-        let status = Command::new(&binary)
-            .args(["keys", "generate", "--out"])
-            .arg(&keys)
-            .stdout(Stdio::null())
-            .status()?;
-        if !status.success() {
-            bail!("idbase keys generate failed");
-        }
+        generate_keys(&binary, &keys)?;
         let tokens = Tokens {
             internal: random_token(),
             web: random_token(),

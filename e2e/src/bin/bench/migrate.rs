@@ -11,7 +11,7 @@
 //! sealing): what MariaDB alone needs to move the rows.
 
 use anyhow::{Context, bail};
-use e2e::{fresh_mysql_database, idbase_binary};
+use e2e::{fresh_mysql_database, generate_keys, idbase_binary};
 use serde_json::{Value, json};
 use sha2::Digest;
 use std::io::Write;
@@ -138,14 +138,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     );
     let database = fresh_mysql_database().await?;
     let keys = dir.path().join("keys");
-    let status = Command::new(&binary)
-        .args(["keys", "generate", "--out"])
-        .arg(&keys)
-        .stdout(Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("idbase keys generate failed");
-    }
+    generate_keys(&binary, &keys)?;
     let mapping: PathBuf =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/legacy/mapping.toml");
     let common = [
