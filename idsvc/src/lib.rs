@@ -89,12 +89,22 @@ pub async fn build_service(
     keys_dir: &Path,
     policy: &PolicyArgs,
 ) -> anyhow::Result<Arc<IdentityService>> {
+    let store = Arc::new(SqlStore::connect(database_url).await?);
+    service_over(store, keys_dir, policy)
+}
+
+/// The ID service over a store the caller keeps too (the migration jobs
+/// read and write it directly).
+pub fn service_over(
+    store: Arc<SqlStore>,
+    keys_dir: &Path,
+    policy: &PolicyArgs,
+) -> anyhow::Result<Arc<IdentityService>> {
     let keys = KeyRing::load(keys_dir)?;
-    let store = SqlStore::connect(database_url).await?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let hashing = HashingPool::new(policy.argon2, cores, policy.argon2_queue)?;
     let service = IdentityService::new(
-        Arc::new(store),
+        store,
         Arc::new(SystemClock),
         &keys,
         hashing,

@@ -2,9 +2,11 @@
 
 use super::{Mapping, backfill, bulkload, checkpoint, purge, reports, validate, validation};
 use crate::PolicyArgs;
+use crate::domain::IdentityService;
 use crate::store::SqlStore;
 use anyhow::Context;
 use std::path::PathBuf;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// Shared by every job.
@@ -148,6 +150,24 @@ pub struct Outcome {
     pub success: bool,
 }
 
+impl Outcome {
+    /// Ctrl-C or SIGTERM stopped the job; its checkpoint says where.
+    fn interrupted(job: &str) -> Self {
+        Self {
+            report: serde_json::json!({"job": job, "interrupted": true}),
+            success: false,
+        }
+    }
+}
+
+/// The ID service and the store it runs on, over one connection pool (one
+/// migration run) for a job that needs both.
+async fn open(common: &Common) -> anyhow::Result<(Arc<IdentityService>, Arc<SqlStore>)> {
+    let store = Arc::new(SqlStore::connect(&common.database_url).await?);
+    let service = crate::service_over(Arc::clone(&store), &common.keys_dir, &common.policy)?;
+    Ok((service, store))
+}
+
 /// Runs one `idbase migrate` job.
 pub async fn run(command: MigrateCommand, cancel: CancellationToken) -> anyhow::Result<Outcome> {
     match command {
@@ -182,13 +202,7 @@ pub async fn run(command: MigrateCommand, cancel: CancellationToken) -> anyhow::
 async fn run_validate(args: ValidateArgs, cancel: CancellationToken) -> anyhow::Result<Outcome> {
     let allow = validation::Allow::parse(&args.allow)?;
     let mapping = Mapping::load(&args.source.mapping)?;
-    let service = crate::build_service(
-        &args.common.database_url,
-        &args.common.keys_dir,
-        &args.common.policy,
-    )
-    .await?;
-    let store = SqlStore::connect(&args.common.database_url).await?;
+    let (service, store) = open(&args.common).await?;
     let options = validate::ValidateOptions {
         batch: args.source.batch,
         expected_rows: args.source.expected_rows,
@@ -206,10 +220,7 @@ async fn run_validate(args: ValidateArgs, cancel: CancellationToken) -> anyhow::
     .await
     .context("validate")?;
     let Some(report) = report else {
-        return Ok(Outcome {
-            report: serde_json::json!({"job": "validate", "interrupted": true}),
-            success: false,
-        });
+        return Ok(Outcome::interrupted("validate"));
     };
     let json = serde_json::to_value(&report)?;
     if let Some(path) = &args.report {
@@ -224,13 +235,7 @@ async fn run_validate(args: ValidateArgs, cancel: CancellationToken) -> anyhow::
 
 async fn run_purge(args: PurgeArgs, cancel: CancellationToken) -> anyhow::Result<Outcome> {
     let mapping = Mapping::load(&args.source.mapping)?;
-    let service = crate::build_service(
-        &args.common.database_url,
-        &args.common.keys_dir,
-        &args.common.policy,
-    )
-    .await?;
-    let store = SqlStore::connect(&args.common.database_url).await?;
+    let (service, store) = open(&args.common).await?;
     let options = purge::PurgeOptions {
         batch: args.source.batch,
         apply: args.apply,
@@ -250,10 +255,7 @@ async fn run_purge(args: PurgeArgs, cancel: CancellationToken) -> anyhow::Result
     .await
     .context("purge")?;
     let Some(counts) = counts else {
-        return Ok(Outcome {
-            report: serde_json::json!({"job": "purge", "interrupted": true}),
-            success: false,
-        });
+        return Ok(Outcome::interrupted("purge"));
     };
     Ok(Outcome {
         report: serde_json::json!({
@@ -267,13 +269,7 @@ async fn run_purge(args: PurgeArgs, cancel: CancellationToken) -> anyhow::Result
 
 async fn run_bulkload(args: BulkloadArgs, cancel: CancellationToken) -> anyhow::Result<Outcome> {
     let mapping = Mapping::load(&args.mapping)?;
-    let service = crate::build_service(
-        &args.common.database_url,
-        &args.common.keys_dir,
-        &args.common.policy,
-    )
-    .await?;
-    let store = SqlStore::connect(&args.common.database_url).await?;
+    let (service, store) = open(&args.common).await?;
     if args.restart {
         checkpoint::reset(&store, bulkload::JOB).await?;
     }
@@ -287,10 +283,7 @@ async fn run_bulkload(args: BulkloadArgs, cancel: CancellationToken) -> anyhow::
         .await
         .context("bulkload")?;
     let Some(counts) = counts else {
-        return Ok(Outcome {
-            report: serde_json::json!({"job": "bulkload", "interrupted": true}),
-            success: false,
-        });
+        return Ok(Outcome::interrupted("bulkload"));
     };
     if let Some(path) = &args.rejects {
         reports::write_rejects(&store, bulkload::JOB, path).await?;
@@ -318,10 +311,7 @@ async fn run_backfill(args: BackfillArgs, cancel: CancellationToken) -> anyhow::
         .await
         .context("backfill")?;
     let Some(counts) = counts else {
-        return Ok(Outcome {
-            report: serde_json::json!({"job": "backfill", "interrupted": true}),
-            success: false,
-        });
+        return Ok(Outcome::interrupted("backfill"));
     };
     if let Some(path) = &args.rejects {
         reports::write_rejects(&store, backfill::JOB, path).await?;
