@@ -4,7 +4,7 @@
 //! Lookups go through a keyed blind index (HMAC-SHA256), never the plaintext.
 
 use super::keys::{Key32, KeyRing};
-use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use aes_gcm::aead::{Aead, AeadCore, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use anyhow::{Context, anyhow, bail};
 use hmac::{Hmac, Mac};
@@ -53,7 +53,9 @@ impl PiiSealer {
     /// `[FORMAT_V1, kid_len, kid…, nonce(12), ciphertext‖tag]`
     pub fn seal(&self, field: Field, user_id: i64, plaintext: &str) -> anyhow::Result<Vec<u8>> {
         let cipher = &self.ciphers[&self.current];
-        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        // ThreadRng is a CSPRNG seeded from the OS: random nonces without a
+        // getrandom system call per sealed value.
+        let nonce = Aes256Gcm::generate_nonce(&mut rand::thread_rng());
         let aad = associated_data(field, user_id);
         let sealed = cipher
             .encrypt(

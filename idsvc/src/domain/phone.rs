@@ -20,9 +20,14 @@ impl Phone {
         if !phonenumber::is_valid(&number) {
             return Err(Error::invalid("phone", "is not a valid phone number"));
         }
-        Ok(Self(
-            number.format().mode(phonenumber::Mode::E164).to_string(),
-        ))
+        // E.164 is "+", the country code and the national number, as the
+        // crate writes it; its formatter would first pick a national layout
+        // by regex, a quarter of a bulkload's time, only to ignore it.
+        Ok(Self(format!(
+            "+{}{}",
+            number.country().code(),
+            number.national()
+        )))
     }
 
     /// Wraps a number already stored in E.164 form.

@@ -1,17 +1,18 @@
 //! `idbase migrate backfill`: staging → users in id-range batches.
 //!
-//! Each batch is one server-side `INSERT … SELECT` that only inserts rows
-//! whose id is absent from `users`, that are live in the legacy table, kept
-//! their email under the duplicates rule, have no tombstone as new as the
-//! staged version, and whose email no other member owns (those are recorded
-//! as conflicts). A row the double write already stored is never touched. If
-//! the batch statement fails (a double write raced it), its rows are retried
-//! one by one and each failure is recorded with its reason. The checkpoint is
-//! the last id done, so a second run resumes or changes nothing.
+//! Each batch is one server-side `INSERT IGNORE … SELECT` that only inserts
+//! rows whose id is absent from `users`, that are live in the legacy table,
+//! kept their email under the duplicates rule, have no tombstone as new as
+//! the staged version, and whose email no other member owns (those are
+//! recorded as conflicts). A row the double write already stored is never
+//! touched. If the batch statement fails (a deadlock with a double write),
+//! its rows are retried one by one and each failure is recorded with its
+//! reason. The checkpoint is the last id done, committed with the batch, so
+//! a second run resumes or changes nothing.
 
 use super::checkpoint;
 use super::progress::Progress;
-use crate::store::SqlStore;
+use crate::store::{Dialect, SqlStore};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
@@ -31,22 +32,49 @@ const ELIGIBLE: &str = "s.deleted = 0 AND s.loser = 0 \
      AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = s.id) \
      AND NOT EXISTS (SELECT 1 FROM tombstones t WHERE t.id = s.id AND t.version >= s.version)";
 
-fn insert_sql(range: &str) -> String {
+/// Inserts the range's live rows that no tombstone as new forbids. The
+/// unique keys, not subqueries on `users`, skip an id the double write
+/// already stored and an email another member owns: `IGNORE` leaves the
+/// existing row alone, and a statement that reads its own target table
+/// makes MariaDB copy the whole selection to a temporary table first (twice
+/// the server time). Staging has the column types of `users`, so `IGNORE`
+/// has nothing else to forgive.
+fn insert_sql(dialect: Dialect, range: &str) -> String {
     format!(
-        "INSERT INTO users (id, email_sealed, email_index, phone_sealed, password_hash, version, \
+        "{} INTO users (id, email_sealed, email_index, phone_sealed, password_hash, version, \
          created_at, updated_at) \
          SELECT s.id, s.email_sealed, s.email_index, s.phone_sealed, s.password_hash, s.version, \
          s.created_at, s.updated_at FROM migration_staging s \
-         WHERE {range} AND {ELIGIBLE} \
-         AND NOT EXISTS (SELECT 1 FROM users o WHERE o.email_index = s.email_index)"
+         WHERE {range} AND s.deleted = 0 AND s.loser = 0 \
+         AND NOT EXISTS (SELECT 1 FROM tombstones t WHERE t.id = s.id AND t.version >= s.version)",
+        dialect.insert_ignore()
     )
 }
 
+pub struct BackfillOptions {
+    /// Staged ids per batch (one `INSERT … SELECT`).
+    pub batch: usize,
+    pub progress: bool,
+}
+
+/// One id range `(lo, hi]` of staging: its row count and live rows.
+#[derive(Clone, Copy)]
+struct Range {
+    lo: i64,
+    hi: i64,
+    rows: u64,
+    live: u64,
+}
+
 /// Runs (or resumes) the backfill; `None` when cancelled (checkpoint kept).
+///
+/// One range at a time, on purpose: the insert's eligibility checks are
+/// locking reads (they keep a concurrent double-write delete from slipping
+/// between the tombstone check and the insert), and two ranges inserting
+/// into the email index at once deadlock on each other's gap locks.
 pub async fn run(
     store: &SqlStore,
-    batch: usize,
-    progress: bool,
+    options: &BackfillOptions,
     cancel: &CancellationToken,
 ) -> anyhow::Result<Option<BackfillCounts>> {
     let previous = checkpoint::load(store, JOB).await?;
@@ -56,53 +84,84 @@ pub async fn run(
         .transpose()?
         .unwrap_or_default();
     let mut last = previous.map_or(0, |c| c.position);
-    let batch = i64::try_from(batch.clamp(1, 100_000)).unwrap_or(1000);
-    let pool = store.pool();
-    let mut bar = Progress::new(JOB, progress, None, counts.scanned);
-    loop {
+    let batch = i64::try_from(options.batch.clamp(1, 100_000)).unwrap_or(1000);
+    let mut bar = Progress::new(JOB, options.progress, None, counts.scanned);
+    while let Some(range) = next_range(store, last, batch).await? {
         if cancel.is_cancelled() {
             bar.finish();
             return Ok(None);
         }
-        let bounds = sqlx::query(
-            "SELECT COUNT(*), MAX(id) FROM (SELECT id FROM migration_staging WHERE id > ? \
-             ORDER BY id LIMIT ?) x",
-        )
-        .bind(last)
-        .bind(batch)
-        .fetch_one(pool)
-        .await?;
-        let n: i64 = bounds.try_get(0)?;
-        if n == 0 {
-            break;
-        }
-        let hi: i64 = bounds.try_get(1)?;
-        counts.conflicts += record_conflicts(store, last, hi).await?;
-        match sqlx::query(&insert_sql("s.id > ? AND s.id <= ?"))
-            .bind(last)
-            .bind(hi)
-            .execute(pool)
-            .await
-        {
-            Ok(done) => counts.inserted += done.rows_affected(),
-            Err(_) => {
-                let (inserted, failed) = row_by_row(store, last, hi).await?;
-                counts.inserted += inserted;
-                counts.failed += failed;
-            }
-        }
-        counts.scanned += n as u64;
-        last = hi;
-        checkpoint::save(store, JOB, last, false, &counts).await?;
-        bar.advance(n as u64);
+        backfill_range(store, range, &mut counts).await?;
+        last = range.hi;
+        bar.advance(range.rows);
     }
     bar.finish();
     checkpoint::save(store, JOB, last, true, &counts).await?;
     Ok(Some(counts))
 }
 
-/// Staged rows whose email another member already owns: reported, not inserted.
-async fn record_conflicts(store: &SqlStore, lo: i64, hi: i64) -> anyhow::Result<u64> {
+/// The next `batch` staged ids after `lo`, or `None` past the last.
+async fn next_range(store: &SqlStore, lo: i64, batch: i64) -> anyhow::Result<Option<Range>> {
+    let bounds = sqlx::query(
+        "SELECT COUNT(*), MAX(id), COUNT(CASE WHEN deleted = 0 AND loser = 0 THEN 1 END) \
+         FROM (SELECT id, deleted, loser FROM migration_staging WHERE id > ? \
+         ORDER BY id LIMIT ?) x",
+    )
+    .bind(lo)
+    .bind(batch)
+    .fetch_one(store.pool())
+    .await?;
+    let rows: i64 = bounds.try_get(0)?;
+    if rows == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Range {
+        lo,
+        hi: bounds.try_get(1)?,
+        rows: rows as u64,
+        live: bounds.try_get::<i64, _>(2)? as u64,
+    }))
+}
+
+/// Inserts a range and moves the checkpoint past it in one transaction.
+async fn backfill_range(
+    store: &SqlStore,
+    range: Range,
+    counts: &mut BackfillCounts,
+) -> anyhow::Result<()> {
+    let mut tx = store.pool().begin().await?;
+    let inserted = sqlx::query(&insert_sql(store.dialect(), "s.id > ? AND s.id <= ?"))
+        .bind(range.lo)
+        .bind(range.hi)
+        .execute(&mut *tx)
+        .await;
+    let (inserted, failed) = match inserted {
+        Ok(done) => (done.rows_affected(), 0),
+        Err(_) => {
+            // A double write raced the batch (or a row is bad): the failed
+            // statement left nothing behind; retry row by row, on their own.
+            tx.rollback().await?;
+            tx = store.pool().begin().await?;
+            row_by_row(store, range.lo, range.hi).await?
+        }
+    };
+    counts.scanned += range.rows;
+    counts.inserted += inserted;
+    counts.failed += failed;
+    // Every live row went in, so none was skipped for its email: the common
+    // case needs no second look at the range.
+    if inserted + failed < range.live {
+        counts.conflicts += record_conflicts(&mut tx, range.lo, range.hi).await?;
+    }
+    checkpoint::save_in(&mut tx, JOB, range.hi, false, counts).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Staged rows whose email another member already owns: reported, not
+/// inserted. Run after the range's insert, so the rows still eligible are
+/// exactly the ones it skipped for their email.
+async fn record_conflicts(conn: &mut sqlx::AnyConnection, lo: i64, hi: i64) -> anyhow::Result<u64> {
     // The owner as a correlated subquery, not a join: with a join and bound
     // parameters, MariaDB may drive from `users` and scan it once per batch
     // (measured: backfill slowing as `users` grows, 3× the floor at 100k).
@@ -114,7 +173,7 @@ async fn record_conflicts(store: &SqlStore, lo: i64, hi: i64) -> anyhow::Result<
     ))
     .bind(lo)
     .bind(hi)
-    .fetch_all(store.pool())
+    .fetch_all(&mut *conn)
     .await?;
     for row in &rows {
         sqlx::query(
@@ -124,7 +183,7 @@ async fn record_conflicts(store: &SqlStore, lo: i64, hi: i64) -> anyhow::Result<
         .bind(row.try_get::<i64, _>(0)?)
         .bind(row.try_get::<i64, _>(1)?)
         .bind("email already owned by another member")
-        .execute(store.pool())
+        .execute(&mut *conn)
         .await?;
     }
     Ok(rows.len() as u64)
@@ -141,7 +200,7 @@ async fn row_by_row(store: &SqlStore, lo: i64, hi: i64) -> anyhow::Result<(u64, 
             .map(|r| r.try_get(0))
             .collect::<Result<_, _>>()?;
     let (mut inserted, mut failed) = (0, 0);
-    let single = insert_sql("s.id = ?");
+    let single = insert_sql(store.dialect(), "s.id = ?");
     for id in ids {
         match sqlx::query(&single).bind(id).execute(store.pool()).await {
             Ok(done) => inserted += done.rows_affected(),

@@ -121,6 +121,9 @@ pub struct BulkloadArgs {
     /// Rows per batch (one multi-row INSERT each).
     #[arg(long, env = "IDBASE_MIGRATE_BATCH", default_value_t = 1000)]
     pub batch: usize,
+    /// Batches in flight at once, each on its own connection (MySQL; SQLite runs one).
+    #[arg(long, env = "IDBASE_MIGRATE_WORKERS", default_value_t = 2)]
+    pub workers: usize,
     /// Source row count, for the ETA on stderr.
     #[arg(long, env = "IDBASE_MIGRATE_EXPECTED_ROWS")]
     pub expected_rows: Option<u64>,
@@ -275,6 +278,7 @@ async fn run_bulkload(args: BulkloadArgs, cancel: CancellationToken) -> anyhow::
     }
     let options = bulkload::BulkloadOptions {
         batch: args.batch,
+        workers: args.workers,
         expected_rows: args.expected_rows,
         progress: !args.quiet,
     };
@@ -307,7 +311,11 @@ async fn run_backfill(args: BackfillArgs, cancel: CancellationToken) -> anyhow::
         checkpoint::reset(&store, backfill::JOB).await?;
     }
     let started = std::time::Instant::now();
-    let counts = backfill::run(&store, args.batch, !args.quiet, &cancel)
+    let options = backfill::BackfillOptions {
+        batch: args.batch,
+        progress: !args.quiet,
+    };
+    let counts = backfill::run(&store, &options, &cancel)
         .await
         .context("backfill")?;
     let Some(counts) = counts else {

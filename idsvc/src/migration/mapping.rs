@@ -187,8 +187,9 @@ pub fn stamp_millis(raw: &str, offset: UtcOffset) -> Option<i64> {
     if let Ok(n) = raw.parse::<i64>() {
         return Some(n);
     }
-    let at = if let Ok(t) = OffsetDateTime::parse(raw, &well_known::Rfc3339) {
-        t
+    // bcp writes `2024-01-01 12:00:00.000`; only RFC 3339 has a `T`.
+    let at = if raw.contains(['T', 't']) {
+        OffsetDateTime::parse(raw, &well_known::Rfc3339).ok()?
     } else {
         let with_fraction = time::macros::format_description!(
             "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond]"

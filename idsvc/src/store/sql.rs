@@ -33,7 +33,7 @@ impl Dialect {
         }
     }
 
-    fn insert_ignore(self) -> &'static str {
+    pub fn insert_ignore(self) -> &'static str {
         match self {
             Self::Sqlite => "INSERT OR IGNORE",
             Self::MySql => "INSERT IGNORE",

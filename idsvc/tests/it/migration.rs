@@ -9,6 +9,13 @@ use std::path::Path;
 
 const DDL: &str = include_str!("../../../e2e/fixtures/legacy/member.sql");
 
+fn backfill_options(batch: usize) -> idsvc::migration::backfill::BackfillOptions {
+    idsvc::migration::backfill::BackfillOptions {
+        batch,
+        progress: false,
+    }
+}
+
 fn mapping() -> Mapping {
     Mapping::load(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/fixtures/legacy/mapping.toml"),
@@ -231,6 +238,7 @@ async fn bulkload_stages_rejects_resolves_duplicates_and_resumes() {
     let spec = format!("tsv:{}", path.display());
     let options = bulkload::BulkloadOptions {
         batch: 128,
+        workers: 3,
         expected_rows: Some(1000),
         progress: false,
     };
@@ -353,6 +361,7 @@ async fn backfill_fills_gaps_only_and_resumes_idempotently() {
     std::fs::write(&path, export(1000)).unwrap();
     let options = bulkload::BulkloadOptions {
         batch: 100,
+        workers: 2,
         expected_rows: None,
         progress: false,
     };
@@ -393,7 +402,7 @@ async fn backfill_fills_gaps_only_and_resumes_idempotently() {
     };
     service.upsert_legacy(takes_31).await.unwrap();
 
-    let counts = backfill::run(&h.store, 128, false, &cancel)
+    let counts = backfill::run(&h.store, &backfill_options(128), &cancel)
         .await
         .unwrap()
         .unwrap();
@@ -432,7 +441,7 @@ async fn backfill_fills_gaps_only_and_resumes_idempotently() {
 
     // Idempotent: a second run changes nothing.
     checkpoint::reset(&h.store, backfill::JOB).await.unwrap();
-    let again = backfill::run(&h.store, 128, false, &cancel)
+    let again = backfill::run(&h.store, &backfill_options(128), &cancel)
         .await
         .unwrap()
         .unwrap();
@@ -453,7 +462,7 @@ async fn backfill_fills_gaps_only_and_resumes_idempotently() {
     )
     .await
     .unwrap();
-    backfill::run(&h.store, 64, false, &cancel)
+    backfill::run(&h.store, &backfill_options(64), &cancel)
         .await
         .unwrap()
         .unwrap();
@@ -534,6 +543,7 @@ async fn double_writes_during_bulkload_and_backfill_end_in_the_legacy_state() {
     let cancel = tokio_util::sync::CancellationToken::new();
     let options = bulkload::BulkloadOptions {
         batch: 100,
+        workers: 2,
         expected_rows: None,
         progress: false,
     };
@@ -548,7 +558,7 @@ async fn double_writes_during_bulkload_and_backfill_end_in_the_legacy_state() {
     .await
     .unwrap()
     .unwrap();
-    backfill::run(&h.store, 50, false, &cancel)
+    backfill::run(&h.store, &backfill_options(50), &cancel)
         .await
         .unwrap()
         .unwrap();
@@ -557,7 +567,7 @@ async fn double_writes_during_bulkload_and_backfill_end_in_the_legacy_state() {
     idsvc::migration::checkpoint::reset(&h.store, backfill::JOB)
         .await
         .unwrap();
-    backfill::run(&h.store, 50, false, &cancel)
+    backfill::run(&h.store, &backfill_options(50), &cancel)
         .await
         .unwrap()
         .unwrap();
@@ -694,6 +704,7 @@ async fn migrated(h: &Harness, dir: &Path, n: i64) -> std::path::PathBuf {
     std::fs::write(&path, export(n)).unwrap();
     let options = bulkload::BulkloadOptions {
         batch: 100,
+        workers: 2,
         expected_rows: None,
         progress: false,
     };
@@ -709,7 +720,7 @@ async fn migrated(h: &Harness, dir: &Path, n: i64) -> std::path::PathBuf {
     .await
     .unwrap()
     .unwrap();
-    backfill::run(&h.store, 128, false, &cancel)
+    backfill::run(&h.store, &backfill_options(128), &cancel)
         .await
         .unwrap()
         .unwrap();

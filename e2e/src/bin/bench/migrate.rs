@@ -30,6 +30,12 @@ pub struct Args {
     /// Keep the benchmark database (dropped by default: 1M rows take ~1 GB).
     #[arg(long)]
     keep_database: bool,
+    /// Resize MariaDB's InnoDB buffer pool for the run (restored after), as a
+    /// production database would be sized: at the default 128 MiB the blind
+    /// index of tens of millions of members no longer fits, and every insert
+    /// into it (ours and the floor's alike) waits for a random read.
+    #[arg(long)]
+    buffer_pool_mib: Option<u64>,
 }
 
 /// Every 50th row repeats the previous member's email in other case and
@@ -137,8 +143,31 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         generated.elapsed().as_secs_f64()
     );
     let database = fresh_mysql_database().await?;
-    let keys = dir.path().join("keys");
-    generate_keys(&binary, &keys)?;
+    let restore_pool = match args.buffer_pool_mib {
+        Some(mib) => Some(resize_buffer_pool(&database, mib << 20).await?),
+        None => None,
+    };
+    let result = run_on(&args, &binary, &database, dir.path(), &export, export_mib).await;
+    if let Some(bytes) = restore_pool {
+        resize_buffer_pool(&database, bytes).await?;
+    }
+    if !args.keep_database {
+        drop_database(&database).await?;
+    }
+    result
+}
+
+async fn run_on(
+    args: &Args,
+    binary: &Path,
+    database: &str,
+    dir: &Path,
+    export: &Path,
+    export_mib: f64,
+) -> anyhow::Result<Value> {
+    let database = database.to_owned();
+    let keys = dir.join("keys");
+    generate_keys(binary, &keys)?;
     let mapping: PathBuf =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/legacy/mapping.toml");
     let common = [
@@ -161,7 +190,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         let mut all = vec![name.to_owned()];
         all.extend(common.iter().cloned());
         all.extend(extra.iter().cloned());
-        let stage = run_stage(&binary, &all)?;
+        let stage = run_stage(binary, &all)?;
         let rate = args.rows as f64 / stage.seconds;
         eprintln!(
             "{name:<9} {:>8.1} s  {rate:>9.0} rows/s  peak RSS {:.1} MiB",
@@ -177,7 +206,7 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
     if !backfill.success {
         bail!("backfill failed: {}", backfill.summary);
     }
-    let report = dir.path().join("validate.json");
+    let report = dir.join("validate.json");
     let mut validate_args = source.clone();
     validate_args.extend(["--report".to_owned(), report.display().to_string()]);
     let validate = tokio::task::block_in_place(|| stage("validate", &validate_args))?;
@@ -186,7 +215,8 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or(Value::Null);
 
-    let floor = measure_floor(&database, &export).await?;
+    let floor = measure_floor(&database, export).await?;
+    let buffer_pool_mib = buffer_pool_bytes(&database).await? >> 20;
     eprintln!(
         "floor     {:>8.1} s  (LOAD DATA {:.1} s + INSERT … SELECT {:.1} s)",
         floor.0 + floor.1,
@@ -202,15 +232,13 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         "ratio (bulkload + backfill) / floor = {ratio:.2}; 20M projected {projected_20m_s:.0} s"
     );
 
-    if !args.keep_database {
-        drop_database(&database).await?;
-    }
     let rate = |s: f64| args.rows as f64 / s;
     Ok(json!({
         "bench": "migrate",
         "rows": args.rows,
         "batch": args.batch,
         "export_mib": export_mib,
+        "buffer_pool_mib": buffer_pool_mib,
         "bulkload_s": bulkload.seconds,
         "backfill_s": backfill.seconds,
         "validate_s": validate.seconds,
@@ -233,6 +261,51 @@ pub async fn run(args: Args) -> anyhow::Result<Value> {
         "validate_passed": validate.success,
         "validation": validation,
     }))
+}
+
+async fn buffer_pool_bytes(database: &str) -> anyhow::Result<u64> {
+    use sqlx::Connection;
+    let mut conn = sqlx::AnyConnection::connect(database).await?;
+    let bytes: i64 = sqlx::query_scalar("SELECT CAST(@@innodb_buffer_pool_size AS SIGNED)")
+        .fetch_one(&mut conn)
+        .await?;
+    Ok(bytes as u64)
+}
+
+/// Sets the buffer pool size (MariaDB resizes it online, in the background)
+/// and waits until the resize is done; returns the size before.
+async fn resize_buffer_pool(database: &str, bytes: u64) -> anyhow::Result<u64> {
+    use sqlx::Connection;
+    let before = buffer_pool_bytes(database).await?;
+    let mut conn = sqlx::AnyConnection::connect(database).await?;
+    sqlx::raw_sql(&format!("SET GLOBAL innodb_buffer_pool_size = {bytes}"))
+        .execute(&mut conn)
+        .await
+        .context("resizing the InnoDB buffer pool (needs SUPER)")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while buffer_pool_bytes(database).await? != bytes || resizing(&mut conn).await? {
+        if Instant::now() > deadline {
+            bail!("the buffer pool resize to {bytes} bytes did not finish in 2 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "InnoDB buffer pool: {} MiB (was {} MiB)",
+        bytes >> 20,
+        before >> 20
+    );
+    Ok(before)
+}
+
+async fn resizing(conn: &mut sqlx::AnyConnection) -> anyhow::Result<bool> {
+    let status: Option<String> = sqlx::query_scalar(
+        "SELECT VARIABLE_VALUE FROM information_schema.global_status \
+         WHERE VARIABLE_NAME = 'INNODB_BUFFER_POOL_RESIZE_STATUS'",
+    )
+    .fetch_optional(conn)
+    .await?;
+    // Empty when idle; "Completed resizing …" when the last resize is done.
+    Ok(status.is_some_and(|s| !s.is_empty() && !s.starts_with("Completed")))
 }
 
 /// (LOAD DATA seconds, INSERT … SELECT seconds) for the same export.
