@@ -83,11 +83,27 @@ impl TokenSigner {
     }
 }
 
-/// A new refresh token: 256 random bits, base64url.
-pub fn new_refresh_token() -> String {
+/// 256 random bits, base64url: the secret part of a refresh token.
+pub fn new_refresh_secret() -> String {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A refresh token: `SECRET.USER.SESSION`. Naming its member and session
+/// lets a rotation write at once instead of reading the token's row first
+/// (the store checks both against that row). They are the access token's
+/// `sub` and `sid`: nothing the client does not hold already.
+pub fn refresh_token(secret: &str, user_id: i64, session_id: &str) -> String {
+    format!("{secret}.{user_id}.{session_id}")
+}
+
+/// The member and session a refresh token names; `None` for a token issued
+/// before tokens named them (a bare secret) or a malformed one.
+pub fn refresh_token_session(token: &str) -> Option<(i64, &str)> {
+    let mut parts = token.splitn(3, '.');
+    let (_secret, user_id, session_id) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((user_id.parse().ok()?, session_id))
 }
 
 /// What is stored of a refresh token. Tokens carry 256 random bits, so a
@@ -130,9 +146,20 @@ mod tests {
 
     #[test]
     fn refresh_tokens_are_random_and_hashed() {
-        let (a, b) = (new_refresh_token(), new_refresh_token());
+        let (a, b) = (new_refresh_secret(), new_refresh_secret());
         assert_ne!(a, b);
         assert_eq!(URL_SAFE_NO_PAD.decode(&a).unwrap().len(), 32);
         assert_eq!(refresh_token_hash(&a), refresh_token_hash(&a));
+    }
+
+    #[test]
+    fn refresh_tokens_name_their_session() {
+        let session = "0b6c1a52-3f4e-4d6a-9d1e-2f0c8a7b5e41";
+        let token = refresh_token(&new_refresh_secret(), 42, session);
+        assert_eq!(refresh_token_session(&token), Some((42, session)));
+        assert!(token.len() <= 128, "fits the length refresh accepts");
+        // A bare secret (tokens issued before) and junk name nothing.
+        assert_eq!(refresh_token_session(&new_refresh_secret()), None);
+        assert_eq!(refresh_token_session("a.b.c"), None);
     }
 }

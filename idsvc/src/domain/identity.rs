@@ -4,8 +4,8 @@
 use super::password::reject_oversized;
 use super::{
     Clock, Email, Error, Millis, NewRefreshToken, NewUser, Password, Phone, RegistrationKey,
-    Result, RotateOutcome, SealedPii, Store, StoreError, ThrottlePolicy, UpsertOutcome, UserId,
-    UserRow,
+    Result, RotateOutcome, Rotation, SealedPii, Store, StoreError, ThrottlePolicy, UpsertOutcome,
+    UserId, UserRow,
 };
 use crate::crypto::legacy_hash;
 use crate::crypto::password::{PoolFull, Verification};
@@ -154,7 +154,7 @@ impl IdentityService {
         hashing: HashingPool,
         policy: Policy,
     ) -> anyhow::Result<Self> {
-        let dummy_hash = hashing.params().hash(&tokens::new_refresh_token())?;
+        let dummy_hash = hashing.params().hash(&tokens::new_refresh_secret())?;
         Ok(Self {
             store,
             clock,
@@ -314,23 +314,30 @@ impl IdentityService {
             return Err(Error::InvalidToken);
         }
         let presented = tokens::refresh_token_hash(refresh_token);
-        let next = tokens::new_refresh_token();
+        let secret = tokens::new_refresh_secret();
+        let successor = |user_id: UserId, session_id: &str| {
+            tokens::refresh_token_hash(&tokens::refresh_token(&secret, user_id, session_id))
+        };
         let now = self.clock.now_ms();
         let outcome = self
             .store
-            .rotate_refresh_token(
-                &presented,
-                &tokens::refresh_token_hash(&next),
-                now + millis(self.policy.refresh_ttl),
+            .rotate_refresh_token(Rotation {
+                presented: &presented,
+                claimed: tokens::refresh_token_session(refresh_token),
+                successor: &successor,
+                expires_at: now + millis(self.policy.refresh_ttl),
                 now,
-                millis(self.policy.refresh_grace),
-            )
+                grace_ms: millis(self.policy.refresh_grace),
+            })
             .await?;
         match outcome {
             RotateOutcome::Rotated {
                 user_id,
                 session_id,
-            } => self.token_pair(user_id, &session_id, next, now),
+            } => {
+                let next = tokens::refresh_token(&secret, user_id, &session_id);
+                self.token_pair(user_id, &session_id, next, now)
+            }
             RotateOutcome::Reused {
                 user_id,
                 session_id,
@@ -611,7 +618,7 @@ impl IdentityService {
 
     async fn start_session(&self, user_id: UserId) -> Result<TokenPair> {
         let session_id = uuid::Uuid::new_v4().to_string();
-        let refresh = tokens::new_refresh_token();
+        let refresh = tokens::refresh_token(&tokens::new_refresh_secret(), user_id, &session_id);
         let now = self.clock.now_ms();
         let token = NewRefreshToken {
             hash: &tokens::refresh_token_hash(&refresh),

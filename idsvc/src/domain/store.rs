@@ -95,6 +95,21 @@ pub struct NewRefreshToken<'a> {
     pub expires_at: Millis,
 }
 
+/// A refresh token's rotation.
+pub struct Rotation<'a> {
+    /// Hash of the token presented.
+    pub presented: &'a [u8],
+    /// The member and session the presented token names (unverified until
+    /// the store matches them with its row); `None` for older tokens.
+    pub claimed: Option<(UserId, &'a str)>,
+    /// Hash of the successor token, which names its session too: made once
+    /// the session is known.
+    pub successor: &'a (dyn Fn(UserId, &str) -> [u8; 32] + Send + Sync),
+    pub expires_at: Millis,
+    pub now: Millis,
+    pub grace_ms: i64,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum RotateOutcome {
     Rotated {
@@ -143,16 +158,9 @@ pub trait Store: Send + Sync + 'static {
     async fn upsert_legacy(&self, row: &UserRow) -> StoreResult<(UpsertOutcome, i64)>;
 
     async fn create_session(&self, token: NewRefreshToken<'_>, now: Millis) -> StoreResult<()>;
-    /// Rotates `presented` into `next`. A token rotated less than `grace_ms` ago
-    /// may be presented once more while its child is unused.
-    async fn rotate_refresh_token(
-        &self,
-        presented: &[u8],
-        next: &[u8],
-        next_expires_at: Millis,
-        now: Millis,
-        grace_ms: i64,
-    ) -> StoreResult<RotateOutcome>;
+    /// Rotates the presented token into its successor. A token rotated less
+    /// than `grace_ms` ago may be presented once more while its child is unused.
+    async fn rotate_refresh_token(&self, rotation: Rotation<'_>) -> StoreResult<RotateOutcome>;
     /// Revokes the session the token belongs to; its owner if there was one.
     async fn revoke_session_of(&self, token: &[u8], now: Millis) -> StoreResult<Option<UserId>>;
     /// Revokes every live session of the user except `keep`.

@@ -31,6 +31,8 @@ on_both_backends!(
     throttle_locks_and_backs_off_even_for_unknown_emails,
     parallel_attempts_cannot_pass_the_limit,
     refresh_rotates_with_grace_and_detects_reuse,
+    concurrent_refreshes_of_one_token_leave_one_current,
+    tokens_that_name_no_session_still_rotate,
     revoke_and_password_change_end_sessions,
     withdraw_deletes_and_leaves_tombstone,
     double_write_orders_by_version,
@@ -361,6 +363,89 @@ async fn refresh_rotates_with_grace_and_detects_reuse(backend: Backend) {
     h.clock.advance(Duration::from_secs(31 * 24 * 3600));
     assert!(matches!(
         h.service.refresh(&fresh.refresh_token).await,
+        Err(Error::InvalidToken)
+    ));
+}
+
+/// However the presentations of one token interleave (the rotation without a
+/// lock and the locked one racing), each gets new tokens or a clean refusal,
+/// and the family ends with exactly one current token.
+async fn concurrent_refreshes_of_one_token_leave_one_current(backend: Backend) {
+    let h = Harness::new(backend).await;
+    h.service
+        .register("hanako@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    let login = h
+        .service
+        .login("hanako@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let service = h.shared_service();
+    let attempts: Vec<_> = (0..8)
+        .map(|_| {
+            let (service, token) = (service.clone(), login.refresh_token.clone());
+            tokio::spawn(async move { service.refresh(&token).await })
+        })
+        .collect();
+    let mut rotated = 0;
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(_) => rotated += 1,
+            Err(Error::InvalidToken) => {}
+            Err(other) => panic!("a refresh failed with {other:?}"),
+        }
+    }
+    assert!(rotated >= 1);
+    let session = principal_of(&h, &login.access_token).session_id;
+    let current: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM refresh_tokens WHERE session_id = ? AND replaced_by IS NULL",
+    )
+    .bind(&session)
+    .fetch_one(h.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        current, 1,
+        "{rotated} rotations left {current} current tokens"
+    );
+}
+
+/// Refresh tokens issued before tokens named their member and session (a
+/// bare secret) rotate through the locked path into tokens that do; a token
+/// whose named member is changed is a different token, and unknown.
+async fn tokens_that_name_no_session_still_rotate(backend: Backend) {
+    use idsvc::crypto::tokens;
+    let h = Harness::new(backend).await;
+    h.service
+        .register("hanako@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    let login = h
+        .service
+        .login("hanako@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let me = principal_of(&h, &login.access_token);
+    let bare = tokens::new_refresh_secret();
+    let token = idsvc::domain::NewRefreshToken {
+        hash: &tokens::refresh_token_hash(&bare),
+        session_id: "an-older-session",
+        user_id: me.user_id,
+        expires_at: i64::MAX / 2,
+    };
+    h.store.create_session(token, 0).await.unwrap();
+    let rotated = h.service.refresh(&bare).await.unwrap();
+    assert_eq!(
+        tokens::refresh_token_session(&rotated.refresh_token),
+        Some((me.user_id, "an-older-session"))
+    );
+    h.service.refresh(&rotated.refresh_token).await.unwrap();
+
+    let (secret, _) = login.refresh_token.split_once('.').unwrap();
+    let forged = tokens::refresh_token(secret, me.user_id + 1, &me.session_id);
+    assert!(matches!(
+        h.service.refresh(&forged).await,
         Err(Error::InvalidToken)
     ));
 }
