@@ -44,9 +44,15 @@ impl ThrottlePolicy {
         clock: &dyn Clock,
         key: &[u8],
     ) -> Result<()> {
-        for _ in 0..CAS_ATTEMPTS {
+        // Most attempts find no row (no recent failures), so the first try
+        // assumes none and creates it; only when one is there is it read:
+        // one round trip per login instead of two.
+        let mut stored = None;
+        for attempt in 0..=CAS_ATTEMPTS {
             let now = clock.now_ms();
-            let stored = store.throttle(key).await?;
+            if attempt > 0 {
+                stored = store.throttle(key).await?;
+            }
             let live = stored
                 .filter(|s| s.updated_at >= now - millis(self.reset_after) || s.locked_until > now);
             if let Some(state) = live.filter(|s| s.locked_until > now) {

@@ -7,12 +7,13 @@
 //! recorded as conflicts). A row the double write already stored is never
 //! touched. If the batch statement fails (a deadlock with a double write),
 //! its rows are retried one by one and each failure is recorded with its
-//! reason. The checkpoint is the last id done, committed with the batch, so
-//! a second run resumes or changes nothing.
+//! reason. Batches run a few at a time; the checkpoint is the last id below
+//! which every batch is done, so a second run resumes or changes nothing.
 
 use super::checkpoint;
 use super::progress::Progress;
 use crate::store::{Dialect, SqlStore};
+use futures::{TryStreamExt, stream};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +55,10 @@ fn insert_sql(dialect: Dialect, range: &str) -> String {
 pub struct BackfillOptions {
     /// Staged ids per batch (one `INSERT … SELECT`).
     pub batch: usize,
+    /// Batches in flight at once, each on its own connection. MariaDB runs a
+    /// statement on one core; two batches keep a small node's both busy.
+    /// SQLite has one writer, so it always runs one.
+    pub workers: usize,
     pub progress: bool,
 }
 
@@ -66,12 +71,19 @@ struct Range {
     live: u64,
 }
 
+#[derive(Default)]
+struct RangeDone {
+    inserted: u64,
+    conflicts: u64,
+    failed: u64,
+}
+
 /// Runs (or resumes) the backfill; `None` when cancelled (checkpoint kept).
 ///
-/// One range at a time, on purpose: the insert's eligibility checks are
-/// locking reads (they keep a concurrent double-write delete from slipping
-/// between the tombstone check and the insert), and two ranges inserting
-/// into the email index at once deadlock on each other's gap locks.
+/// Ranges are cut in id order and run `workers` at a time; results are taken
+/// in order, so the checkpoint (last id done) only ever covers ranges that
+/// all committed. A crash redoes at most the ranges in flight, which insert
+/// nothing the second time.
 pub async fn run(
     store: &SqlStore,
     options: &BackfillOptions,
@@ -83,19 +95,39 @@ pub async fn run(
         .map(|c| serde_json::from_str(&c.counts))
         .transpose()?
         .unwrap_or_default();
-    let mut last = previous.map_or(0, |c| c.position);
+    let start = previous.map_or(0, |c| c.position);
     let batch = i64::try_from(options.batch.clamp(1, 100_000)).unwrap_or(1000);
+    let workers = match store.dialect() {
+        Dialect::Sqlite => 1,
+        Dialect::MySql => options.workers.clamp(1, 16),
+    };
     let mut bar = Progress::new(JOB, options.progress, None, counts.scanned);
-    while let Some(range) = next_range(store, last, batch).await? {
+    let ranges = stream::try_unfold(start, |lo| async move {
         if cancel.is_cancelled() {
-            bar.finish();
             return Ok(None);
         }
-        backfill_range(store, range, &mut counts).await?;
+        let range = next_range(store, lo, batch).await?;
+        Ok::<_, anyhow::Error>(range.map(|r| (r, r.hi)))
+    });
+    let mut done = std::pin::pin!(
+        ranges
+            .map_ok(|range| async move { Ok((range, backfill_range(store, range).await?)) })
+            .try_buffered(workers)
+    );
+    let mut last = start;
+    while let Some((range, result)) = done.try_next().await? {
+        counts.scanned += range.rows;
+        counts.inserted += result.inserted;
+        counts.conflicts += result.conflicts;
+        counts.failed += result.failed;
         last = range.hi;
+        checkpoint::save(store, JOB, last, false, &counts).await?;
         bar.advance(range.rows);
     }
     bar.finish();
+    if cancel.is_cancelled() {
+        return Ok(None);
+    }
     checkpoint::save(store, JOB, last, true, &counts).await?;
     Ok(Some(counts))
 }
@@ -123,39 +155,24 @@ async fn next_range(store: &SqlStore, lo: i64, batch: i64) -> anyhow::Result<Opt
     }))
 }
 
-/// Inserts a range and moves the checkpoint past it in one transaction.
-async fn backfill_range(
-    store: &SqlStore,
-    range: Range,
-    counts: &mut BackfillCounts,
-) -> anyhow::Result<()> {
-    let mut tx = store.pool().begin().await?;
-    let inserted = sqlx::query(&insert_sql(store.dialect(), "s.id > ? AND s.id <= ?"))
+async fn backfill_range(store: &SqlStore, range: Range) -> anyhow::Result<RangeDone> {
+    let mut done = RangeDone::default();
+    match sqlx::query(&insert_sql(store.dialect(), "s.id > ? AND s.id <= ?"))
         .bind(range.lo)
         .bind(range.hi)
-        .execute(&mut *tx)
-        .await;
-    let (inserted, failed) = match inserted {
-        Ok(done) => (done.rows_affected(), 0),
-        Err(_) => {
-            // A double write raced the batch (or a row is bad): the failed
-            // statement left nothing behind; retry row by row, on their own.
-            tx.rollback().await?;
-            tx = store.pool().begin().await?;
-            row_by_row(store, range.lo, range.hi).await?
-        }
-    };
-    counts.scanned += range.rows;
-    counts.inserted += inserted;
-    counts.failed += failed;
+        .execute(store.pool())
+        .await
+    {
+        Ok(result) => done.inserted = result.rows_affected(),
+        Err(_) => (done.inserted, done.failed) = row_by_row(store, range.lo, range.hi).await?,
+    }
     // Every live row went in, so none was skipped for its email: the common
     // case needs no second look at the range.
-    if inserted + failed < range.live {
-        counts.conflicts += record_conflicts(&mut tx, range.lo, range.hi).await?;
+    if done.inserted + done.failed < range.live {
+        let mut conn = store.pool().acquire().await?;
+        done.conflicts = record_conflicts(&mut conn, range.lo, range.hi).await?;
     }
-    checkpoint::save_in(&mut tx, JOB, range.hi, false, counts).await?;
-    tx.commit().await?;
-    Ok(())
+    Ok(done)
 }
 
 /// Staged rows whose email another member already owns: reported, not

@@ -183,52 +183,93 @@ fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
 
+/// Losers marked per pair of statements: single-row statements took minutes
+/// at 20M rows with a few percent duplicates.
+const MARK_CHUNK: usize = 500;
+
 /// Applies the duplicates rule among live staged rows sharing an email and
 /// records every loser in `migration_conflicts`. Idempotent.
 async fn resolve_duplicates(store: &SqlStore, rule: DuplicatesRule) -> anyhow::Result<u64> {
     let pool = store.pool();
-    sqlx::query("UPDATE migration_staging SET loser = 0 WHERE loser <> 0")
-        .execute(pool)
-        .await?;
-    sqlx::query("DELETE FROM migration_conflicts WHERE job = ?")
-        .bind(JOB)
-        .execute(pool)
-        .await?;
-    // Only rows whose email is shared, grouped by email; one group is held
-    // at a time. One sort of staging, no index on it: maintaining an email
-    // index row by row doubled MariaDB's work per staged row, and a GROUP BY
-    // joined back to staging took longer than building one afterwards.
-    let mut rows = sqlx::query(
-        "SELECT id, HEX(email_index), updated_at FROM (SELECT id, email_index, updated_at, \
-         COUNT(*) OVER (PARTITION BY email_index) AS sharing FROM migration_staging \
-         WHERE deleted = 0) s WHERE sharing > 1 ORDER BY email_index, id",
-    )
-    .fetch(pool);
-    let mut losers: Vec<(UserId, UserId)> = Vec::new();
-    let mut group: Vec<(UserId, i64)> = Vec::new();
-    let mut key: Option<String> = None;
-    while let Some(row) = rows.try_next().await? {
-        // As hex: the Any driver reads MySQL's VARBINARY as text.
-        let index: String = row.try_get(1)?;
-        if key.as_ref() != Some(&index) {
-            settle(&group, rule, &mut losers);
-            group.clear();
-            key = Some(index);
-        }
-        group.push((row.try_get(0)?, row.try_get(2)?));
+    // Losers are marked in the transaction that records their conflicts, so
+    // without conflict rows there is no mark to reset (and no full scan).
+    let marked: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM migration_conflicts WHERE job = ? LIMIT 1")
+            .bind(JOB)
+            .fetch_optional(pool)
+            .await?;
+    if marked.is_some() {
+        sqlx::query("UPDATE migration_staging SET loser = 0 WHERE loser <> 0")
+            .execute(pool)
+            .await?;
+        sqlx::query("DELETE FROM migration_conflicts WHERE job = ?")
+            .bind(JOB)
+            .execute(pool)
+            .await?;
     }
-    settle(&group, rule, &mut losers);
-    drop(rows);
     let reason = match rule {
         DuplicatesRule::LatestUpdated => {
             "duplicate email: a more recently updated account keeps it"
         }
         DuplicatesRule::LowestId => "duplicate email: the oldest account keeps it",
     };
-    // Two statements per 500 losers, not two per loser: at 20M rows with a
-    // few percent duplicates, single-row statements took minutes.
-    for chunk in losers.chunks(500) {
-        let mut tx = pool.begin().await?;
+    let mut reader = pool.acquire().await?;
+    let mysql = store.dialect() == Dialect::MySql;
+    if mysql {
+        // The sort below covers every live staged row: 2 MiB (the default)
+        // means hundreds of merge passes at 20M rows.
+        sqlx::query("SET SESSION sort_buffer_size = 268435456")
+            .execute(&mut *reader)
+            .await?;
+    }
+    // Only rows whose email is shared, grouped by email; one group and one
+    // chunk of losers are held at a time. One sort of staging, no index on
+    // it: maintaining an email index row by row doubled MariaDB's work per
+    // staged row, and a GROUP BY joined back to staging took longer than
+    // building one afterwards.
+    let mut rows = sqlx::query(
+        "SELECT id, HEX(email_index), updated_at FROM (SELECT id, email_index, updated_at, \
+         COUNT(*) OVER (PARTITION BY email_index) AS sharing FROM migration_staging \
+         WHERE deleted = 0) s WHERE sharing > 1 ORDER BY email_index, id",
+    )
+    .fetch(&mut *reader);
+    let mut losers = 0;
+    let mut pending: Vec<(UserId, UserId)> = Vec::with_capacity(MARK_CHUNK);
+    let mut group: Vec<(UserId, i64)> = Vec::new();
+    let mut key: Option<String> = None;
+    while let Some(row) = rows.try_next().await? {
+        // As hex: the Any driver reads MySQL's VARBINARY as text.
+        let index: String = row.try_get(1)?;
+        if key.as_ref() != Some(&index) {
+            settle(&group, rule, &mut pending);
+            group.clear();
+            key = Some(index);
+            if pending.len() >= MARK_CHUNK {
+                losers += mark_losers(store, &pending, reason).await?;
+                pending.clear();
+            }
+        }
+        group.push((row.try_get(0)?, row.try_get(2)?));
+    }
+    settle(&group, rule, &mut pending);
+    drop(rows);
+    losers += mark_losers(store, &pending, reason).await?;
+    if mysql {
+        sqlx::query("SET SESSION sort_buffer_size = DEFAULT")
+            .execute(&mut *reader)
+            .await?;
+    }
+    Ok(losers)
+}
+
+/// Marks losers in staging and records them as conflicts, in one transaction.
+async fn mark_losers(
+    store: &SqlStore,
+    losers: &[(UserId, UserId)],
+    reason: &str,
+) -> anyhow::Result<u64> {
+    for chunk in losers.chunks(MARK_CHUNK) {
+        let mut tx = store.pool().begin().await?;
         let marks = vec!["?"; chunk.len()].join(", ");
         let sql = format!("UPDATE migration_staging SET loser = 1 WHERE id IN ({marks})");
         let mut update = sqlx::query(&sql);

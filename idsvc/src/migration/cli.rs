@@ -94,6 +94,9 @@ pub struct BackfillArgs {
     /// Staged ids per batch (one INSERT … SELECT each).
     #[arg(long, env = "IDBASE_MIGRATE_BATCH", default_value_t = 1000)]
     pub batch: usize,
+    /// Batches in flight at once, each on its own connection (MySQL; SQLite runs one).
+    #[arg(long, env = "IDBASE_MIGRATE_WORKERS", default_value_t = 2)]
+    pub workers: usize,
     /// Write the conflicts (email owned by another id) as JSON lines here.
     #[arg(long, env = "IDBASE_MIGRATE_CONFLICTS")]
     pub conflicts: Option<PathBuf>,
@@ -313,6 +316,7 @@ async fn run_backfill(args: BackfillArgs, cancel: CancellationToken) -> anyhow::
     let started = std::time::Instant::now();
     let options = backfill::BackfillOptions {
         batch: args.batch,
+        workers: args.workers,
         progress: !args.quiet,
     };
     let counts = backfill::run(&store, &options, &cancel)

@@ -2,8 +2,8 @@
 //! in one streaming merge.
 //!
 //! The source is read in the mapping's id order (it must ascend; the job
-//! stops with an error naming the row otherwise), a batch at a time, and each
-//! batch is normalised on a blocking thread by the live service's own code
+//! stops with an error naming the row otherwise), a batch at a time, and two
+//! batches at once are normalised on blocking threads by the live service's own code
 //! (`IdentityService::legacy_fields`, what bulkload and double writes seal).
 //! The store is read in id order by keyset pages (`store_scan`). Memory holds
 //! a few batches and pages whatever the table sizes.
@@ -25,7 +25,8 @@ use super::transform::Transformer;
 use super::validation::{Allow, Tally, ValidationReport};
 use crate::domain::{IdentityService, LegacyFields, UserRow};
 use crate::store::SqlStore;
-use anyhow::{Context, bail};
+use anyhow::bail;
+use futures::{TryFutureExt, TryStreamExt, stream};
 use sqlx::Row;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -77,32 +78,33 @@ pub async fn run(
     let started = std::time::Instant::now();
     let started_at = OffsetDateTime::now_utc();
     let batch_size = options.batch.clamp(1, 10_000);
-    let mut source = Source::open(source_spec, mapping, batch_size).await?;
+    let source = Source::open(source_spec, mapping, batch_size).await?;
     let transformer = Arc::new(Transformer::new(mapping, &source)?);
     let mut scan = StoreScan::start(store, batch_size);
     let mut tally = Tally::new(options.allow.clone());
     let mut progress = Progress::new(JOB, options.progress, options.expected_rows, 0);
     let mut last_id: Option<i64> = None;
-    let mut pending: Option<tokio::task::JoinHandle<Vec<Legacy>>> = None;
-    loop {
-        let next = if cancel.is_cancelled() {
-            None
-        } else {
-            source.next_batch().await?
-        };
-        let next =
-            next.map(|batch| spawn_prepare(Arc::clone(&service), Arc::clone(&transformer), batch));
-        if let Some(done) = pending.take() {
-            let batch = done.await.context("normalising task")?;
-            let rows = batch.len() as u64;
-            merge_batch(&service, store, &mut scan, &batch, &mut last_id, &mut tally).await?;
-            tally.report.source_rows += rows;
-            progress.advance(rows);
+    let batches = stream::try_unfold(source, |mut source| async move {
+        if cancel.is_cancelled() {
+            return Ok(None);
         }
-        match next {
-            Some(handle) => pending = Some(handle),
-            None => break,
-        }
+        Ok::<_, anyhow::Error>(source.next_batch().await?.map(|batch| (batch, source)))
+    });
+    // Two batches are normalised on blocking threads while the one before
+    // them is merged: both cores busy, the merge order kept.
+    let mut prepared = std::pin::pin!(
+        batches
+            .map_ok(|batch| {
+                spawn_prepare(Arc::clone(&service), Arc::clone(&transformer), batch)
+                    .map_err(|err| anyhow::Error::new(err).context("normalising task"))
+            })
+            .try_buffered(2)
+    );
+    while let Some(batch) = prepared.try_next().await? {
+        let rows = batch.len() as u64;
+        merge_batch(&service, store, &mut scan, &batch, &mut last_id, &mut tally).await?;
+        tally.report.source_rows += rows;
+        progress.advance(rows);
     }
     if cancel.is_cancelled() {
         progress.finish();

@@ -631,16 +631,19 @@ impl Store for SqlStore {
     }
 
     async fn create_session(&self, token: NewRefreshToken<'_>, now: Millis) -> StoreResult<()> {
-        transaction!(self, |tx| {
-            sqlx::query("INSERT INTO sessions (id, user_id, created_at) VALUES (?, ?, ?)")
-                .bind(token.session_id)
-                .bind(token.user_id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            insert_refresh_token(&mut tx, &token, now).await?;
-            Ok(())
-        })
+        // Two statements, no transaction (BEGIN and COMMIT were two of a
+        // login's eight round trips): a failure between them leaves a
+        // session without a token, which nothing can use or list.
+        let _writer = self.writer().await;
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("INSERT INTO sessions (id, user_id, created_at) VALUES (?, ?, ?)")
+            .bind(token.session_id)
+            .bind(token.user_id)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        insert_refresh_token(&mut conn, &token, now).await?;
+        Ok(())
     }
 
     async fn rotate_refresh_token(&self, rotation: Rotation<'_>) -> StoreResult<RotateOutcome> {

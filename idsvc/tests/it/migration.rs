@@ -9,9 +9,11 @@ use std::path::Path;
 
 const DDL: &str = include_str!("../../../e2e/fixtures/legacy/member.sql");
 
+/// Backfill in `batch`-id ranges, two at a time (one on SQLite).
 fn backfill_options(batch: usize) -> idsvc::migration::backfill::BackfillOptions {
     idsvc::migration::backfill::BackfillOptions {
         batch,
+        workers: 2,
         progress: false,
     }
 }

@@ -7,3 +7,8 @@
 ALTER TABLE migration_staging
     DROP INDEX migration_staging_email,
     MODIFY email_index VARBINARY(32) NOT NULL;
+
+-- validate asks whether an absent member is a duplicate loser by id alone;
+-- the primary key leads with the job, so each batch scanned the whole table
+-- (at 20M rows, validate crawled at 16k rows/s).
+ALTER TABLE migration_conflicts ADD INDEX migration_conflicts_id (id);
