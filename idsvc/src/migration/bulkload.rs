@@ -222,15 +222,16 @@ async fn resolve_duplicates(store: &SqlStore, rule: DuplicatesRule) -> anyhow::R
             .execute(&mut *reader)
             .await?;
     }
-    // Only rows whose email is shared, grouped by email; one group and one
-    // chunk of losers are held at a time. One sort of staging, no index on
-    // it: maintaining an email index row by row doubled MariaDB's work per
-    // staged row, and a GROUP BY joined back to staging took longer than
-    // building one afterwards.
+    // Every live row, sorted by email and streamed; one group (usually of
+    // one) and one chunk of losers are held at a time. One sort of staging,
+    // no index on it: maintaining an email index row by row doubled
+    // MariaDB's work per staged row, a GROUP BY joined back to staging took
+    // longer than building one afterwards, and a window count (to send only
+    // shared emails) wrote every row to an on-disk temporary table first
+    // (5M rows: 14 s, against 6 s for the sort streamed).
     let mut rows = sqlx::query(
-        "SELECT id, HEX(email_index), updated_at FROM (SELECT id, email_index, updated_at, \
-         COUNT(*) OVER (PARTITION BY email_index) AS sharing FROM migration_staging \
-         WHERE deleted = 0) s WHERE sharing > 1 ORDER BY email_index, id",
+        "SELECT id, HEX(email_index), updated_at FROM migration_staging \
+         WHERE deleted = 0 ORDER BY email_index, id",
     )
     .fetch(&mut *reader);
     let mut losers = 0;
