@@ -314,17 +314,21 @@ async fn parallel_attempts_cannot_pass_the_limit(backend: Backend) {
     );
 }
 
-async fn refresh_rotates_with_grace_and_detects_reuse(backend: Backend) {
-    let h = Harness::new(backend).await;
+/// Hanako, registered and logged in once.
+async fn signed_in(h: &Harness) -> idsvc::domain::TokenPair {
     h.service
         .register("hanako@example.com", PASSWORD, None)
         .await
         .unwrap();
-    let first = h
-        .service
+    h.service
         .login("hanako@example.com", PASSWORD)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn refresh_rotates_with_grace_and_detects_reuse(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let first = signed_in(&h).await;
     let second = h.service.refresh(&first.refresh_token).await.unwrap();
     assert_ne!(second.refresh_token, first.refresh_token);
     // The client missed our answer and retries with the parent: allowed once in the grace window.
@@ -372,15 +376,7 @@ async fn refresh_rotates_with_grace_and_detects_reuse(backend: Backend) {
 /// and the family ends with exactly one current token.
 async fn concurrent_refreshes_of_one_token_leave_one_current(backend: Backend) {
     let h = Harness::new(backend).await;
-    h.service
-        .register("hanako@example.com", PASSWORD, None)
-        .await
-        .unwrap();
-    let login = h
-        .service
-        .login("hanako@example.com", PASSWORD)
-        .await
-        .unwrap();
+    let login = signed_in(&h).await;
     let service = h.shared_service();
     let attempts: Vec<_> = (0..8)
         .map(|_| {
@@ -417,15 +413,7 @@ async fn concurrent_refreshes_of_one_token_leave_one_current(backend: Backend) {
 async fn tokens_that_name_no_session_still_rotate(backend: Backend) {
     use idsvc::crypto::tokens;
     let h = Harness::new(backend).await;
-    h.service
-        .register("hanako@example.com", PASSWORD, None)
-        .await
-        .unwrap();
-    let login = h
-        .service
-        .login("hanako@example.com", PASSWORD)
-        .await
-        .unwrap();
+    let login = signed_in(&h).await;
     let me = principal_of(&h, &login.access_token);
     let bare = tokens::new_refresh_secret();
     let token = idsvc::domain::NewRefreshToken {
