@@ -169,8 +169,7 @@ async fn backfill_range(store: &SqlStore, range: Range) -> anyhow::Result<RangeD
     // Every live row went in, so none was skipped for its email: the common
     // case needs no second look at the range.
     if done.inserted + done.failed < range.live {
-        let mut conn = store.pool().acquire().await?;
-        done.conflicts = record_conflicts(&mut conn, range.lo, range.hi).await?;
+        done.conflicts = record_conflicts(store, range.lo, range.hi).await?;
     }
     Ok(done)
 }
@@ -178,7 +177,7 @@ async fn backfill_range(store: &SqlStore, range: Range) -> anyhow::Result<RangeD
 /// Staged rows whose email another member already owns: reported, not
 /// inserted. Run after the range's insert, so the rows still eligible are
 /// exactly the ones it skipped for their email.
-async fn record_conflicts(conn: &mut sqlx::AnyConnection, lo: i64, hi: i64) -> anyhow::Result<u64> {
+async fn record_conflicts(store: &SqlStore, lo: i64, hi: i64) -> anyhow::Result<u64> {
     // The owner as a correlated subquery, not a join: with a join and bound
     // parameters, MariaDB may drive from `users` and scan it once per batch
     // (measured: backfill slowing as `users` grows, 3× the floor at 100k).
@@ -190,7 +189,7 @@ async fn record_conflicts(conn: &mut sqlx::AnyConnection, lo: i64, hi: i64) -> a
     ))
     .bind(lo)
     .bind(hi)
-    .fetch_all(&mut *conn)
+    .fetch_all(store.pool())
     .await?;
     for row in &rows {
         sqlx::query(
@@ -200,7 +199,7 @@ async fn record_conflicts(conn: &mut sqlx::AnyConnection, lo: i64, hi: i64) -> a
         .bind(row.try_get::<i64, _>(0)?)
         .bind(row.try_get::<i64, _>(1)?)
         .bind("email already owned by another member")
-        .execute(&mut *conn)
+        .execute(store.pool())
         .await?;
     }
     Ok(rows.len() as u64)

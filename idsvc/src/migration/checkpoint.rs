@@ -51,18 +51,6 @@ pub async fn save(
     done: bool,
     counts: &impl Serialize,
 ) -> anyhow::Result<()> {
-    let mut conn = store.pool().acquire().await?;
-    save_in(&mut conn, job, position, done, counts).await
-}
-
-/// Saves within the caller's transaction (or connection).
-pub async fn save_in(
-    conn: &mut sqlx::AnyConnection,
-    job: &str,
-    position: i64,
-    done: bool,
-    counts: &impl Serialize,
-) -> anyhow::Result<()> {
     sqlx::query(
         "REPLACE INTO migration_checkpoints (job, position, done, counts, updated_at) \
          VALUES (?, ?, ?, ?, ?)",
@@ -72,7 +60,7 @@ pub async fn save_in(
     .bind(i64::from(done))
     .bind(serde_json::to_string(counts)?)
     .bind(crate::domain::SystemClock.now_ms())
-    .execute(&mut *conn)
+    .execute(store.pool())
     .await?;
     Ok(())
 }
