@@ -97,10 +97,7 @@ pub async fn run(
         .unwrap_or_default();
     let start = previous.map_or(0, |c| c.position);
     let batch = i64::try_from(options.batch.clamp(1, 100_000)).unwrap_or(1000);
-    let workers = match store.dialect() {
-        Dialect::Sqlite => 1,
-        Dialect::MySql => options.workers.clamp(1, 16),
-    };
+    let workers = store.dialect().concurrent_writers(options.workers);
     let mut bar = Progress::new(JOB, options.progress, None, counts.scanned);
     let ranges = stream::try_unfold(start, |lo| async move {
         if cancel.is_cancelled() {

@@ -63,10 +63,7 @@ pub async fn run(
     let batch_size = options.batch.clamp(1, 2000);
     let source = Source::open(source_spec, mapping, batch_size).await?;
     let transformer = Arc::new(Transformer::new(mapping, &source)?);
-    let workers = match store.dialect() {
-        Dialect::Sqlite => 1,
-        Dialect::MySql => options.workers.clamp(1, 16),
-    };
+    let workers = store.dialect().concurrent_writers(options.workers);
     let mut progress = Progress::new(JOB, options.progress, options.expected_rows, skip);
     let batches = stream::try_unfold((source, skip), |(mut source, mut skip)| async move {
         if cancel.is_cancelled() {

@@ -33,6 +33,15 @@ impl Dialect {
         }
     }
 
+    /// How many writers a job may run at once when it asks for `wanted`:
+    /// SQLite has one writer at a time, MySQL takes a few connections.
+    pub fn concurrent_writers(self, wanted: usize) -> usize {
+        match self {
+            Self::Sqlite => 1,
+            Self::MySql => wanted.clamp(1, 16),
+        }
+    }
+
     pub fn insert_ignore(self) -> &'static str {
         match self {
             Self::Sqlite => "INSERT OR IGNORE",

@@ -355,30 +355,14 @@ async fn user_ids(h: &Harness) -> Vec<(i64, i64, String)> {
 
 #[tokio::test]
 async fn backfill_fills_gaps_only_and_resumes_idempotently() {
-    use idsvc::migration::{backfill, bulkload, checkpoint};
+    use idsvc::migration::{backfill, checkpoint};
     let h = Harness::new(Backend::MySql).await;
     let service = h.shared_service();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("member.tsv");
     std::fs::write(&path, export(1000)).unwrap();
-    let options = bulkload::BulkloadOptions {
-        batch: 100,
-        workers: 2,
-        expected_rows: None,
-        progress: false,
-    };
+    bulkload_export(&h, &path).await;
     let cancel = tokio_util::sync::CancellationToken::new();
-    bulkload::run(
-        service.clone(),
-        &h.store,
-        &format!("tsv:{}", path.display()),
-        &mapping(),
-        &options,
-        &cancel,
-    )
-    .await
-    .unwrap()
-    .unwrap();
     // Double writes that arrived before the backfill.
     let newer = idsvc::domain::LegacyUser {
         id: 10,
@@ -480,7 +464,7 @@ async fn backfill_fills_gaps_only_and_resumes_idempotently() {
 /// bulkload and backfill do; the end state is the legacy state for every id.
 #[tokio::test]
 async fn double_writes_during_bulkload_and_backfill_end_in_the_legacy_state() {
-    use idsvc::migration::{backfill, bulkload};
+    use idsvc::migration::backfill;
     let h = Harness::new(Backend::MySql).await;
     let service = h.shared_service();
     let dir = tempfile::tempdir().unwrap();
@@ -543,23 +527,7 @@ async fn double_writes_during_bulkload_and_backfill_end_in_the_legacy_state() {
         })
     };
     let cancel = tokio_util::sync::CancellationToken::new();
-    let options = bulkload::BulkloadOptions {
-        batch: 100,
-        workers: 2,
-        expected_rows: None,
-        progress: false,
-    };
-    bulkload::run(
-        service.clone(),
-        &h.store,
-        &format!("tsv:{}", path.display()),
-        &mapping(),
-        &options,
-        &cancel,
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    bulkload_export(&h, &path).await;
     backfill::run(&h.store, &backfill_options(50), &cancel)
         .await
         .unwrap()
@@ -699,29 +667,34 @@ fn assert_balanced(r: &idsvc::migration::validation::ValidationReport) {
     );
 }
 
-/// `export(n)` bulkloaded and backfilled; returns the export's path.
-async fn migrated(h: &Harness, dir: &Path, n: i64) -> std::path::PathBuf {
-    use idsvc::migration::{backfill, bulkload};
-    let path = dir.join("member.tsv");
-    std::fs::write(&path, export(n)).unwrap();
-    let options = bulkload::BulkloadOptions {
+/// Bulkloads the export at `path` in 100-row batches, two written at once.
+async fn bulkload_export(h: &Harness, path: &Path) {
+    let options = idsvc::migration::bulkload::BulkloadOptions {
         batch: 100,
         workers: 2,
         expected_rows: None,
         progress: false,
     };
-    let cancel = tokio_util::sync::CancellationToken::new();
-    bulkload::run(
+    idsvc::migration::bulkload::run(
         h.shared_service(),
         &h.store,
         &format!("tsv:{}", path.display()),
         &mapping(),
         &options,
-        &cancel,
+        &tokio_util::sync::CancellationToken::new(),
     )
     .await
     .unwrap()
     .unwrap();
+}
+
+/// `export(n)` bulkloaded and backfilled; returns the export's path.
+async fn migrated(h: &Harness, dir: &Path, n: i64) -> std::path::PathBuf {
+    use idsvc::migration::backfill;
+    let path = dir.join("member.tsv");
+    std::fs::write(&path, export(n)).unwrap();
+    bulkload_export(h, &path).await;
+    let cancel = tokio_util::sync::CancellationToken::new();
     backfill::run(&h.store, &backfill_options(128), &cancel)
         .await
         .unwrap()
