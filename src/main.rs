@@ -1,57 +1,14 @@
 //! `idbase`: the one binary. Parses the command line, sets up logging and
 //! hands over to the libraries.
 
+mod cli;
 mod dev;
+mod reference;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use std::path::PathBuf;
+use clap::Parser;
+use cli::{Cli, Command, KeysCommand, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-
-#[derive(Parser)]
-#[command(
-    name = "idbase",
-    version,
-    about = "Identity platform and zero-downtime member migration"
-)]
-struct Cli {
-    /// Log format: `json` for production, `pretty` for people.
-    #[arg(long, global = true, env = "IDBASE_LOG_FORMAT", value_enum)]
-    log_format: Option<LogFormat>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Json,
-    Pretty,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// idsvc and gateway in one process on SQLite: zero setup, for development.
-    Dev(dev::DevArgs),
-    /// The ID service (gRPC).
-    Idsvc(idsvc::IdsvcArgs),
-    /// The HTTP gateway.
-    Gateway(gateway::GatewayArgs),
-    /// Key management.
-    #[command(subcommand)]
-    Keys(KeysCommand),
-    /// The zero-downtime migration jobs (README: "Migration").
-    #[command(subcommand)]
-    Migrate(idsvc::migration::MigrateCommand),
-}
-
-#[derive(Subcommand)]
-enum KeysCommand {
-    /// Create PII, blind-index and signing keys in DIR; run again to rotate.
-    Generate {
-        #[arg(long, env = "IDBASE_KEYS_DIR")]
-        out: PathBuf,
-    },
-}
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -100,6 +57,28 @@ fn shutdown_signal() -> CancellationToken {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The generated references print and exit before any logging is set up.
+    match cli.command {
+        Command::Completions { shell } => {
+            reference::completions(shell, &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man { out_dir: None } => {
+            reference::man_page(&mut std::io::stdout())?;
+            return Ok(());
+        }
+        Command::Man {
+            out_dir: Some(ref dir),
+        } => {
+            reference::man_pages_to(dir)?;
+            return Ok(());
+        }
+        Command::MarkdownHelp => {
+            print!("{}", reference::markdown());
+            return Ok(());
+        }
+        _ => {}
+    }
     let default_format = match cli.command {
         Command::Dev(_) | Command::Keys(_) => LogFormat::Pretty,
         _ => LogFormat::Json,
@@ -122,5 +101,6 @@ async fn main() -> anyhow::Result<()> {
             println!("created keys {kid} in {}", out.display());
             Ok(())
         }
+        Command::Completions { .. } | Command::Man { .. } | Command::MarkdownHelp => Ok(()),
     }
 }
