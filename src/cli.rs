@@ -73,7 +73,8 @@ pub enum Command {
 pub enum KeysCommand {
     /// Create PII, blind-index and signing keys in DIR; run again to rotate.
     Generate {
-        #[arg(long, env = "IDBASE_KEYS_DIR")]
+        /// The keys directory; created with mode 0700 if absent. Existing keys are never overwritten.
+        #[arg(long, env = "IDBASE_KEYS_DIR", value_name = "DIR")]
         out: PathBuf,
     },
 }

@@ -107,7 +107,7 @@ mod tests {
         assert!(markdown.contains("Environment: `IDBASE_DATABASE_URL`"));
         assert!(markdown.contains("Environment: `IDBASE_LOG_FORMAT`"));
         // The generator's own subcommand is hidden.
-        assert!(!markdown.contains("markdown-help"));
+        assert!(!markdown.contains("## `idbase markdown-help`"));
     }
 
     fn completion(shell: clap_complete::Shell) -> String {
