@@ -58,26 +58,12 @@ fn shutdown_signal() -> CancellationToken {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The generated references print and exit before any logging is set up.
-    match cli.command {
-        Command::Completions { shell } => {
-            reference::completions(shell, &mut std::io::stdout());
-            return Ok(());
-        }
-        Command::Man { out_dir: None } => {
-            reference::man_page(&mut std::io::stdout())?;
-            return Ok(());
-        }
-        Command::Man {
-            out_dir: Some(ref dir),
-        } => {
-            reference::man_pages_to(dir)?;
-            return Ok(());
-        }
-        Command::MarkdownHelp => {
-            print!("{}", reference::markdown());
-            return Ok(());
-        }
-        _ => {}
+    if let Some(printed) = reference::print(&cli.command) {
+        return match printed {
+            // `idbase man | head` closes the pipe early: not an error.
+            Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other.map_err(Into::into),
+        };
     }
     let default_format = match cli.command {
         Command::Dev(_) | Command::Keys(_) => LogFormat::Pretty,
@@ -101,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
             println!("created keys {kid} in {}", out.display());
             Ok(())
         }
+        // Printed by `reference::print` above.
         Command::Completions { .. } | Command::Man { .. } | Command::MarkdownHelp => Ok(()),
     }
 }

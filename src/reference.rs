@@ -6,7 +6,21 @@ use clap::CommandFactory;
 use std::io::Write;
 use std::path::Path;
 
-use crate::cli::Cli;
+use crate::cli::{Cli, Command};
+
+/// Prints the reference `command` asks for (completions, man pages, the
+/// Markdown reference); `None` when it is not one of those.
+pub fn print(command: &Command) -> Option<std::io::Result<()>> {
+    let mut stdout = std::io::stdout().lock();
+    let printed = match command {
+        Command::Completions { shell } => completions(*shell, &mut stdout),
+        Command::Man { out_dir: None } => man_page(&mut stdout),
+        Command::Man { out_dir: Some(dir) } => man_pages_to(dir),
+        Command::MarkdownHelp => stdout.write_all(markdown().as_bytes()),
+        _ => return None,
+    };
+    Some(printed.and_then(|()| stdout.flush()))
+}
 
 /// The command-line reference in Markdown: the content of `docs/cli.md`.
 pub fn markdown() -> String {
@@ -47,8 +61,12 @@ fn with_env_in_help(command: clap::Command) -> clap::Command {
 }
 
 /// Writes the completion script of `shell` for `idbase`.
-pub fn completions(shell: clap_complete::Shell, out: &mut dyn Write) {
-    clap_complete::generate(shell, &mut Cli::command(), "idbase", out);
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn Write) -> std::io::Result<()> {
+    // clap_complete panics when its writer fails (`idbase completions bash | head`):
+    // render into memory, then report a write error like any other.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "idbase", &mut script);
+    out.write_all(&script)
 }
 
 /// Renders idbase(1), the top-level page that lists the subcommands.
@@ -112,7 +130,7 @@ mod tests {
 
     fn completion(shell: clap_complete::Shell) -> String {
         let mut out = Vec::new();
-        completions(shell, &mut out);
+        completions(shell, &mut out).expect("writing to memory");
         String::from_utf8(out).expect("completion scripts are UTF-8")
     }
 
