@@ -25,7 +25,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
 
-/// Tunable rules, with defaults from NIST SP 800-63B, OWASP ASVS and RFC 9700.
+/// Access token lifetime: short, because an access token cannot be revoked
+/// before it expires (OWASP ASVS 3.5; RFC 9700 recommends short-lived tokens).
+pub const DEFAULT_ACCESS_TTL_SECS: u64 = 15 * 60;
+/// Refresh token lifetime: a month keeps a member of a mobile app signed in
+/// across normal use; each refresh rotates the token (RFC 9700 4.14).
+pub const DEFAULT_REFRESH_TTL_DAYS: u64 = 30;
+/// How long a rotated refresh token may come back: long enough for a client
+/// that missed our answer to retry, short enough that a thief cannot use it.
+pub const DEFAULT_REFRESH_GRACE_SECS: u64 = 10;
+
+/// Tunable rules, with defaults from NIST SP 800-63B, OWASP ASVS and RFC 9700
+/// (the `DEFAULT_*` constants, which the flags use too).
 #[derive(Clone, Debug)]
 pub struct Policy {
     pub min_password_chars: usize,
@@ -40,9 +51,9 @@ impl Default for Policy {
     fn default() -> Self {
         Self {
             min_password_chars: super::DEFAULT_MIN_PASSWORD_CHARS,
-            access_ttl: Duration::from_secs(15 * 60),
-            refresh_ttl: Duration::from_secs(30 * 24 * 60 * 60),
-            refresh_grace: Duration::from_secs(10),
+            access_ttl: Duration::from_secs(DEFAULT_ACCESS_TTL_SECS),
+            refresh_ttl: days(DEFAULT_REFRESH_TTL_DAYS),
+            refresh_grace: Duration::from_secs(DEFAULT_REFRESH_GRACE_SECS),
             throttle: ThrottlePolicy::default(),
         }
     }
@@ -215,6 +226,11 @@ impl IdentityService {
 /// stored one and the clock, so they order after legacy stamps taken earlier.
 fn next_version(stored: i64, now: Millis) -> i64 {
     (stored + 1).max(now)
+}
+
+/// Whole days as a duration (refresh token lifetimes are set in days).
+pub fn days(days: u64) -> Duration {
+    Duration::from_secs(days.saturating_mul(24 * 60 * 60))
 }
 
 fn overloaded(_: PoolFull) -> Error {
