@@ -7,7 +7,7 @@ use crate::domain::{
     Millis, NewUser, Registration, Sealer, StoreError, StoreResult, Tombstone, UpsertOutcome,
     UserId, UserRow,
 };
-use crate::store::is_unique_violation;
+use crate::store::unique_key::{REGISTRATION_KEY, USERS_EMAIL};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
@@ -42,7 +42,7 @@ fn user_row(row: &AnyRow) -> Result<UserRow, sqlx::Error> {
 /// A unique violation on the email's blind index means the email is taken;
 /// any other error (a duplicate id included) stays a database error.
 fn unique_as_email_taken(err: sqlx::Error) -> StoreError {
-    if is_unique_violation(&err) && err.to_string().contains("email_index") {
+    if USERS_EMAIL.violated_by(&err) {
         StoreError::EmailTaken
     } else {
         err.into()
@@ -144,7 +144,7 @@ pub(super) async fn create_user(
             .execute(&mut *tx)
             .await
             .map_err(|err| {
-                if is_unique_violation(&err) {
+                if REGISTRATION_KEY.violated_by(&err) {
                     StoreError::RegistrationKeyTaken
                 } else {
                     err.into()
