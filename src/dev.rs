@@ -22,10 +22,10 @@ pub struct DevArgs {
     #[arg(long, env = "IDBASE_HTTP", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
     /// idsvc gRPC address.
-    #[arg(long, env = "IDBASE_GRPC", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "IDBASE_GRPC", default_value = idsvc::config::DEFAULT_GRPC)]
     grpc: SocketAddr,
     /// idsvc admin gRPC address.
-    #[arg(long, env = "IDBASE_ADMIN_GRPC", default_value = "127.0.0.1:50052")]
+    #[arg(long, env = "IDBASE_ADMIN_GRPC", default_value = idsvc::config::DEFAULT_ADMIN_GRPC)]
     admin_grpc: SocketAddr,
     #[command(flatten)]
     policy: idsvc::PolicyArgs,
@@ -89,7 +89,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
             .map(|token| (*name, *class, token.as_str()))
     }));
     let database_url = format!("sqlite://{}", args.data_dir.join("idbase.db").display());
-    let service = idsvc::build_service(&database_url, &keys_dir, &args.policy).await?;
+    let service = idsvc::build_service(&database_url, &keys_dir, args.policy.into_config()).await?;
     let grpc = TcpListener::bind(args.grpc)
         .await
         .with_context(|| format!("binding {}", args.grpc))?;

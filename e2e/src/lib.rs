@@ -238,9 +238,17 @@ pub struct Cluster<'a> {
     pub leading_endpoints: &'a [String],
 }
 
-/// argon2id at a cost that keeps functional tests and non-login benches fast;
-/// the scheme and code path are still production's.
-pub const CHEAP_ARGON2: &[&str] = &["--argon2-memory-kib", "256", "--argon2-iterations", "1"];
+/// idsvc's flags for [`idsvc::crypto::PasswordParams::CHEAP`] (argon2id at a
+/// cost that keeps functional tests and non-login benches fast; the scheme
+/// and code path are still production's). A test below holds the two equal.
+pub const CHEAP_ARGON2: &[&str] = &[
+    "--argon2-memory-kib",
+    "256",
+    "--argon2-iterations",
+    "1",
+    "--argon2-parallelism",
+    "1",
+];
 
 /// What to run: the `idbase` binary and extra idsvc flags (e.g.
 /// [`CHEAP_ARGON2`] for functional tests).
@@ -457,4 +465,23 @@ pub fn upstream_metric(text: &str, name: &str, endpoint: &str) -> f64 {
         .find_map(|line| line.strip_prefix(&series))
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use idsvc::crypto::PasswordParams;
+
+    #[derive(Parser)]
+    struct Argon2Flags {
+        #[command(flatten)]
+        argon2: PasswordParams,
+    }
+
+    #[test]
+    fn cheap_argon2_flags_are_idsvcs_cheap_params() {
+        let args = std::iter::once("idsvc").chain(super::CHEAP_ARGON2.iter().copied());
+        let parsed = Argon2Flags::try_parse_from(args).expect("the flags parse");
+        assert_eq!(parsed.argon2, PasswordParams::CHEAP);
+    }
 }

@@ -3,113 +3,49 @@
 
 #![deny(clippy::unwrap_used)]
 
+pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod grpc;
 pub mod migration;
 pub mod store;
 
-use crate::crypto::{HashingPool, KeyRing, PasswordParams};
-use crate::domain::{IdentityService, Policy, SystemClock, ThrottlePolicy};
+pub use config::{IdsvcArgs, IdsvcConfig, PolicyArgs, ServiceConfig};
+
+use crate::crypto::{HashingPool, KeyRing};
+use crate::domain::{IdentityService, Store, SystemClock};
 use crate::store::SqlStore;
 use anyhow::Context;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// The rules members live by; shared by `idbase idsvc` and `idbase dev`.
-#[derive(Clone, Debug, clap::Args)]
-pub struct PolicyArgs {
-    /// Shortest password accepted (NIST SP 800-63B: at least 8).
-    #[arg(long, env = "IDBASE_MIN_PASSWORD_CHARS", default_value_t = domain::DEFAULT_MIN_PASSWORD_CHARS)]
-    pub min_password_chars: usize,
-    /// Access token lifetime in seconds (short: they cannot be revoked early).
-    #[arg(long, env = "IDBASE_ACCESS_TTL_SECS", default_value_t = 15 * 60)]
-    pub access_ttl_secs: u64,
-    /// Refresh token lifetime in days; each use rotates it.
-    #[arg(long, env = "IDBASE_REFRESH_TTL_DAYS", default_value_t = 30)]
-    pub refresh_ttl_days: u64,
-    /// Seconds a rotated refresh token may come back (a client that missed our answer).
-    #[arg(long, env = "IDBASE_REFRESH_GRACE_SECS", default_value_t = 10)]
-    pub refresh_grace_secs: u64,
-    /// Failed logins per account before it is locked with exponential backoff (max 15 min).
-    #[arg(long, env = "IDBASE_LOGIN_FAILURE_LIMIT", default_value_t = 10)]
-    pub login_failure_limit: i64,
-    #[command(flatten)]
-    pub argon2: PasswordParams,
-    /// Password hashes allowed to wait for a core; beyond this, 503 at once.
-    #[arg(long, env = "IDBASE_ARGON2_QUEUE", default_value_t = 64)]
-    pub argon2_queue: usize,
-}
-
-impl PolicyArgs {
-    fn policy(&self) -> Policy {
-        Policy {
-            min_password_chars: self.min_password_chars,
-            access_ttl: Duration::from_secs(self.access_ttl_secs),
-            refresh_ttl: Duration::from_secs(self.refresh_ttl_days * 24 * 60 * 60),
-            refresh_grace: Duration::from_secs(self.refresh_grace_secs),
-            throttle: ThrottlePolicy {
-                limit: self.login_failure_limit,
-                ..ThrottlePolicy::default()
-            },
-        }
-    }
-}
-
-/// `idbase idsvc`: the ID service as its own process.
-#[derive(Clone, Debug, clap::Args)]
-pub struct IdsvcArgs {
-    /// `mysql://user:pass@host/db` (Aurora MySQL, MariaDB) or `sqlite://PATH`.
-    #[arg(long, env = "IDBASE_DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-    /// Directory of PII, blind-index and signing keys (`idbase keys generate`).
-    #[arg(long, env = "IDBASE_KEYS_DIR")]
-    pub keys_dir: PathBuf,
-    /// Identity gRPC address.
-    #[arg(long, env = "IDBASE_GRPC", default_value = "127.0.0.1:50051")]
-    pub grpc: SocketAddr,
-    /// Admin gRPC address (kept off the public path).
-    #[arg(long, env = "IDBASE_ADMIN_GRPC", default_value = "127.0.0.1:50052")]
-    pub admin_grpc: SocketAddr,
-    /// Prometheus metrics address (plain HTTP, `/metrics`); off when unset.
-    #[arg(long, env = "IDBASE_METRICS")]
-    pub metrics: Option<SocketAddr>,
-    #[command(flatten)]
-    pub policy: PolicyArgs,
-}
-
 /// Opens the store and keys and assembles the service.
 pub async fn build_service(
     database_url: &str,
     keys_dir: &Path,
-    policy: &PolicyArgs,
+    config: impl Into<ServiceConfig>,
 ) -> anyhow::Result<Arc<IdentityService>> {
     let store = Arc::new(SqlStore::connect(database_url).await?);
-    service_over(store, keys_dir, policy)
+    service_over(store, keys_dir, config)
 }
 
 /// The ID service over a store the caller keeps too (the migration jobs
-/// read and write it directly).
+/// keep the concrete [`SqlStore`] and pass it here as the domain's trait).
 pub fn service_over(
-    store: Arc<SqlStore>,
+    store: Arc<dyn Store>,
     keys_dir: &Path,
-    policy: &PolicyArgs,
+    config: impl Into<ServiceConfig>,
 ) -> anyhow::Result<Arc<IdentityService>> {
+    let config = config.into();
     let keys = KeyRing::load(keys_dir)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let hashing = HashingPool::new(policy.argon2, cores, policy.argon2_queue)?;
-    let service = IdentityService::new(
-        store,
-        Arc::new(SystemClock),
-        &keys,
-        hashing,
-        policy.policy(),
-    )?;
+    let hashing = HashingPool::new(config.argon2, cores, config.argon2_queue)?;
+    let service =
+        IdentityService::new(store, Arc::new(SystemClock), &keys, hashing, config.policy)?;
     Ok(Arc::new(service))
 }
 
@@ -131,21 +67,21 @@ pub async fn serve(
     identity.and(admin)
 }
 
-/// `idbase idsvc`.
-pub async fn run(args: IdsvcArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    if let Some(addr) = args.metrics {
+/// `idbase idsvc`: serves until `shutdown` is cancelled.
+pub async fn run(config: IdsvcConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if let Some(addr) = config.metrics {
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
             .install()
             .context("starting the metrics listener")?;
     }
-    let service = build_service(&args.database_url, &args.keys_dir, &args.policy).await?;
-    let grpc = TcpListener::bind(args.grpc)
+    let service = build_service(&config.database_url, &config.keys_dir, config.service).await?;
+    let grpc = TcpListener::bind(config.grpc)
         .await
-        .with_context(|| format!("binding {}", args.grpc))?;
-    let admin = TcpListener::bind(args.admin_grpc)
+        .with_context(|| format!("binding {}", config.grpc))?;
+    let admin = TcpListener::bind(config.admin_grpc)
         .await
-        .with_context(|| format!("binding {}", args.admin_grpc))?;
+        .with_context(|| format!("binding {}", config.admin_grpc))?;
     serve(service, grpc, admin, shutdown).await
 }
 

@@ -14,29 +14,40 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use zeroize::Zeroizing;
 
-/// argon2id cost. The defaults are OWASP's first recommendation
-/// (m = 19 MiB, t = 2, p = 1): ~10 ms per hash on one modern core.
+/// argon2id memory cost in KiB: OWASP's first recommendation (m = 19 MiB,
+/// t = 2, p = 1), ~10 ms per hash on one modern core.
+pub const DEFAULT_ARGON2_MEMORY_KIB: u32 = 19_456;
+/// argon2id iterations (OWASP: 2 with 19 MiB).
+pub const DEFAULT_ARGON2_ITERATIONS: u32 = 2;
+/// argon2id lanes: 1, because the pool already runs one hash per core.
+pub const DEFAULT_ARGON2_PARALLELISM: u32 = 1;
+/// Password hashes allowed to wait for a core: a few dozen ~10 ms hashes is
+/// well under a second of queueing; beyond that, failing fast (503) beats
+/// piling up latency and memory.
+pub const DEFAULT_ARGON2_QUEUE: usize = 64;
+
+/// argon2id cost; the defaults are the `DEFAULT_ARGON2_*` constants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Args)]
 pub struct PasswordParams {
     /// argon2id memory cost in KiB.
     #[arg(
         long = "argon2-memory-kib",
         env = "IDBASE_ARGON2_MEMORY_KIB",
-        default_value_t = 19_456
+        default_value_t = DEFAULT_ARGON2_MEMORY_KIB
     )]
     pub memory_kib: u32,
     /// argon2id iterations.
     #[arg(
         long = "argon2-iterations",
         env = "IDBASE_ARGON2_ITERATIONS",
-        default_value_t = 2
+        default_value_t = DEFAULT_ARGON2_ITERATIONS
     )]
     pub iterations: u32,
     /// argon2id lanes.
     #[arg(
         long = "argon2-parallelism",
         env = "IDBASE_ARGON2_PARALLELISM",
-        default_value_t = 1
+        default_value_t = DEFAULT_ARGON2_PARALLELISM
     )]
     pub parallelism: u32,
 }
@@ -44,11 +55,22 @@ pub struct PasswordParams {
 impl Default for PasswordParams {
     fn default() -> Self {
         Self {
-            memory_kib: 19_456,
-            iterations: 2,
-            parallelism: 1,
+            memory_kib: DEFAULT_ARGON2_MEMORY_KIB,
+            iterations: DEFAULT_ARGON2_ITERATIONS,
+            parallelism: DEFAULT_ARGON2_PARALLELISM,
         }
     }
+}
+
+impl PasswordParams {
+    /// argon2id at a cost that keeps functional tests and non-login
+    /// benchmarks fast (256 KiB, one pass): the scheme and code path are
+    /// still production's. Never for real passwords.
+    pub const CHEAP: Self = Self {
+        memory_kib: 256,
+        iterations: 1,
+        parallelism: 1,
+    };
 }
 
 impl PasswordParams {

@@ -11,6 +11,17 @@
 use super::{Clock, Error, Millis, Result, Store, ThrottleState};
 use std::time::Duration;
 
+/// Failed logins per account before it locks: OWASP ASVS 2.2.1 asks for no
+/// more than 100 per hour; 10 leaves a member who mistypes room and stops
+/// online guessing of any password outside the weakest handful.
+pub const DEFAULT_LOGIN_FAILURE_LIMIT: i64 = 10;
+/// The first lock, doubled per further failure.
+const BASE_LOCK: Duration = Duration::from_secs(1);
+/// Longest lock: 15 minutes, so an attacker cannot lock a member out for long.
+const MAX_LOCK: Duration = Duration::from_secs(15 * 60);
+/// Failures are forgotten after a day without attempts.
+const RESET_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
 #[derive(Clone, Copy, Debug)]
 pub struct ThrottlePolicy {
     /// Failures allowed before the account is locked.
@@ -25,10 +36,10 @@ pub struct ThrottlePolicy {
 impl Default for ThrottlePolicy {
     fn default() -> Self {
         Self {
-            limit: 10,
-            base_lock: Duration::from_secs(1),
-            max_lock: Duration::from_secs(15 * 60),
-            reset_after: Duration::from_secs(24 * 60 * 60),
+            limit: DEFAULT_LOGIN_FAILURE_LIMIT,
+            base_lock: BASE_LOCK,
+            max_lock: MAX_LOCK,
+            reset_after: RESET_AFTER,
         }
     }
 }

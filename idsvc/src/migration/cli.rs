@@ -170,7 +170,7 @@ impl Outcome {
 /// migration run) for a job that needs both.
 async fn open(common: &Common) -> anyhow::Result<(Arc<IdentityService>, Arc<SqlStore>)> {
     let store = Arc::new(SqlStore::connect(&common.database_url).await?);
-    let service = crate::service_over(Arc::clone(&store), &common.keys_dir, &common.policy)?;
+    let service = crate::service_over(store.clone(), &common.keys_dir, &common.policy)?;
     Ok((service, store))
 }
 

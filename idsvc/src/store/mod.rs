@@ -6,6 +6,7 @@
 //! the [`Dialect`] says so; each backend has its own embedded migrations.
 
 mod sql;
+mod unique_key;
 
 pub use sql::{Dialect, SqlStore};
 
@@ -15,11 +16,6 @@ impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
         Self::Database(err.into())
     }
-}
-
-/// True for a unique-key violation: the one database error the domain acts on.
-fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 /// True when the database gave up on a transaction that may succeed if run

@@ -555,13 +555,7 @@ fn legacy(id: i64, email: &str, version: i64, hash: &str) -> LegacyUser {
 
 async fn double_write_orders_by_version(backend: Backend) {
     let h = Harness::new(backend).await;
-    let hash = idsvc::crypto::PasswordParams {
-        memory_kib: 256,
-        iterations: 1,
-        parallelism: 1,
-    }
-    .hash(PASSWORD)
-    .unwrap();
+    let hash = idsvc::crypto::PasswordParams::CHEAP.hash(PASSWORD).unwrap();
     let s = &h.service;
     assert_eq!(
         s.upsert_legacy(legacy(1001, "taro@example.com", 5, &hash))
@@ -620,13 +614,7 @@ async fn double_write_orders_by_version(backend: Backend) {
 
 async fn late_upsert_cannot_resurrect_deleted_user(backend: Backend) {
     let h = Harness::new(backend).await;
-    let hash = idsvc::crypto::PasswordParams {
-        memory_kib: 256,
-        iterations: 1,
-        parallelism: 1,
-    }
-    .hash(PASSWORD)
-    .unwrap();
+    let hash = idsvc::crypto::PasswordParams::CHEAP.hash(PASSWORD).unwrap();
     let s = &h.service;
     s.upsert_legacy(legacy(2001, "jiro@example.com", 10, &hash))
         .await
@@ -732,10 +720,11 @@ async fn no_plaintext_personal_data_at_rest(backend: Backend) {
 
 async fn outdated_hash_is_upgraded_on_login(backend: Backend) {
     let h = Harness::new(backend).await;
+    // Weaker than the service's own parameters, so login re-hashes.
+    let cheap = idsvc::crypto::PasswordParams::CHEAP;
     let weaker = idsvc::crypto::PasswordParams {
-        memory_kib: 128,
-        iterations: 1,
-        parallelism: 1,
+        memory_kib: cheap.memory_kib / 2,
+        ..cheap
     }
     .hash(PASSWORD)
     .unwrap();

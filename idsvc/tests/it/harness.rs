@@ -72,12 +72,7 @@ impl Harness {
         let store = Arc::new(SqlStore::connect(&url).await.unwrap());
         let clock = Arc::new(ManualClock::new(1_800_000_000_000));
         // Cheap argon2 so the suite is fast; the parameters are still argon2id.
-        let params = PasswordParams {
-            memory_kib: 256,
-            iterations: 1,
-            parallelism: 1,
-        };
-        let hashing = HashingPool::new(params, 2, 256).unwrap();
+        let hashing = HashingPool::new(PasswordParams::CHEAP, 2, 256).unwrap();
         let service =
             IdentityService::new(store.clone(), clock.clone(), &keys, hashing, policy).unwrap();
         Self {
@@ -93,12 +88,7 @@ impl Harness {
     /// (the migration jobs take an `Arc`).
     pub fn shared_service(&self) -> Arc<IdentityService> {
         let keys = KeyRing::load(&self.dir.path().join("keys")).unwrap();
-        let params = PasswordParams {
-            memory_kib: 256,
-            iterations: 1,
-            parallelism: 1,
-        };
-        let hashing = HashingPool::new(params, 2, 256).unwrap();
+        let hashing = HashingPool::new(PasswordParams::CHEAP, 2, 256).unwrap();
         Arc::new(
             IdentityService::new(
                 self.store.clone(),

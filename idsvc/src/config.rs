@@ -1,0 +1,205 @@
+//! idsvc's settings: the plain structs the library runs on
+//! ([`IdsvcConfig`], [`ServiceConfig`]) and the clap flags that fill them
+//! ([`IdsvcArgs`], [`PolicyArgs`]). Every default is a named `DEFAULT_*`
+//! constant, used by both the flag and the `Default` impl.
+
+use crate::crypto::PasswordParams;
+use crate::crypto::password::DEFAULT_ARGON2_QUEUE;
+use crate::domain::{
+    DEFAULT_ACCESS_TTL_SECS, DEFAULT_LOGIN_FAILURE_LIMIT, DEFAULT_MIN_PASSWORD_CHARS,
+    DEFAULT_REFRESH_GRACE_SECS, DEFAULT_REFRESH_TTL_DAYS, Policy, ThrottlePolicy, days,
+};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Identity gRPC address: loopback, because the gateway is the only public
+/// edge; a deployment binds `0.0.0.0` explicitly.
+pub const DEFAULT_GRPC: &str = "127.0.0.1:50051";
+/// Admin gRPC address: the next port, loopback for the same reason.
+pub const DEFAULT_ADMIN_GRPC: &str = "127.0.0.1:50052";
+
+/// What the ID service runs with, apart from where it listens: its rules
+/// and its password hashing.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    pub policy: Policy,
+    pub argon2: PasswordParams,
+    /// Password hashes allowed to wait for a core; beyond this, 503 at once.
+    pub argon2_queue: usize,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            policy: Policy::default(),
+            argon2: PasswordParams::default(),
+            argon2_queue: DEFAULT_ARGON2_QUEUE,
+        }
+    }
+}
+
+/// `idbase idsvc` as a library call: [`crate::run`].
+#[derive(Clone)]
+pub struct IdsvcConfig {
+    /// `mysql://user:pass@host/db` or `sqlite://PATH`; may hold a password.
+    pub database_url: String,
+    pub keys_dir: PathBuf,
+    pub grpc: SocketAddr,
+    pub admin_grpc: SocketAddr,
+    /// Prometheus metrics address; off when `None`.
+    pub metrics: Option<SocketAddr>,
+    pub service: ServiceConfig,
+}
+
+// The database URL may carry a password: never printed.
+impl std::fmt::Debug for IdsvcConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdsvcConfig")
+            .field("keys_dir", &self.keys_dir)
+            .field("grpc", &self.grpc)
+            .field("admin_grpc", &self.admin_grpc)
+            .field("metrics", &self.metrics)
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The rules members live by; shared by `idbase idsvc`, `idbase dev` and
+/// `idbase migrate`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct PolicyArgs {
+    /// Shortest password accepted (NIST SP 800-63B: at least 8).
+    #[arg(long, env = "IDBASE_MIN_PASSWORD_CHARS", default_value_t = DEFAULT_MIN_PASSWORD_CHARS)]
+    pub min_password_chars: usize,
+    /// Access token lifetime in seconds (short: they cannot be revoked early).
+    #[arg(long, env = "IDBASE_ACCESS_TTL_SECS", default_value_t = DEFAULT_ACCESS_TTL_SECS)]
+    pub access_ttl_secs: u64,
+    /// Refresh token lifetime in days; each use rotates it.
+    #[arg(long, env = "IDBASE_REFRESH_TTL_DAYS", default_value_t = DEFAULT_REFRESH_TTL_DAYS)]
+    pub refresh_ttl_days: u64,
+    /// Seconds a rotated refresh token may come back (a client that missed our answer).
+    #[arg(long, env = "IDBASE_REFRESH_GRACE_SECS", default_value_t = DEFAULT_REFRESH_GRACE_SECS)]
+    pub refresh_grace_secs: u64,
+    /// Failed logins per account before it is locked with exponential backoff (max 15 min).
+    #[arg(long, env = "IDBASE_LOGIN_FAILURE_LIMIT", default_value_t = DEFAULT_LOGIN_FAILURE_LIMIT)]
+    pub login_failure_limit: i64,
+    #[command(flatten)]
+    pub argon2: PasswordParams,
+    /// Password hashes allowed to wait for a core; beyond this, 503 at once.
+    #[arg(long, env = "IDBASE_ARGON2_QUEUE", default_value_t = DEFAULT_ARGON2_QUEUE)]
+    pub argon2_queue: usize,
+}
+
+impl PolicyArgs {
+    /// The flags as the service's settings: the one place they convert.
+    pub fn into_config(self) -> ServiceConfig {
+        ServiceConfig::from(&self)
+    }
+}
+
+impl From<&PolicyArgs> for ServiceConfig {
+    fn from(args: &PolicyArgs) -> Self {
+        Self {
+            policy: Policy {
+                min_password_chars: args.min_password_chars,
+                access_ttl: Duration::from_secs(args.access_ttl_secs),
+                refresh_ttl: days(args.refresh_ttl_days),
+                refresh_grace: Duration::from_secs(args.refresh_grace_secs),
+                throttle: ThrottlePolicy {
+                    limit: args.login_failure_limit,
+                    ..ThrottlePolicy::default()
+                },
+            },
+            argon2: args.argon2,
+            argon2_queue: args.argon2_queue,
+        }
+    }
+}
+
+/// `idbase idsvc`: the ID service as its own process.
+#[derive(Clone, Debug, clap::Args)]
+pub struct IdsvcArgs {
+    /// `mysql://user:pass@host/db` (Aurora MySQL, MariaDB) or `sqlite://PATH`.
+    #[arg(long, env = "IDBASE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Directory of PII, blind-index and signing keys (`idbase keys generate`).
+    #[arg(long, env = "IDBASE_KEYS_DIR")]
+    pub keys_dir: PathBuf,
+    /// Identity gRPC address.
+    #[arg(long, env = "IDBASE_GRPC", default_value = DEFAULT_GRPC)]
+    pub grpc: SocketAddr,
+    /// Admin gRPC address (kept off the public path).
+    #[arg(long, env = "IDBASE_ADMIN_GRPC", default_value = DEFAULT_ADMIN_GRPC)]
+    pub admin_grpc: SocketAddr,
+    /// Prometheus metrics address (plain HTTP, `/metrics`); off when unset.
+    #[arg(long, env = "IDBASE_METRICS")]
+    pub metrics: Option<SocketAddr>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+impl IdsvcArgs {
+    /// The flags as the library's config: the one place they convert.
+    pub fn into_config(self) -> IdsvcConfig {
+        IdsvcConfig {
+            service: self.policy.into_config(),
+            database_url: self.database_url,
+            keys_dir: self.keys_dir,
+            grpc: self.grpc,
+            admin_grpc: self.admin_grpc,
+            metrics: self.metrics,
+        }
+    }
+}
+
+impl From<IdsvcArgs> for IdsvcConfig {
+    fn from(args: IdsvcArgs) -> Self {
+        args.into_config()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        policy: PolicyArgs,
+    }
+
+    /// The flags' defaults and the structs' `Default` impls are one source:
+    /// parsing no flags gives the default config.
+    #[test]
+    fn no_flags_give_the_default_config() {
+        let parsed = Flags::try_parse_from(["idsvc"]).expect("no flags parse");
+        let config = parsed.policy.into_config();
+        let default = ServiceConfig::default();
+        assert_eq!(config.argon2, default.argon2);
+        assert_eq!(config.argon2_queue, default.argon2_queue);
+        assert_eq!(
+            format!("{:?}", config.policy),
+            format!("{:?}", default.policy)
+        );
+    }
+
+    #[test]
+    fn flags_reach_the_config() {
+        let parsed = Flags::try_parse_from([
+            "idsvc",
+            "--refresh-ttl-days",
+            "2",
+            "--login-failure-limit",
+            "3",
+            "--argon2-memory-kib",
+            "256",
+        ])
+        .expect("flags parse");
+        let config = parsed.policy.into_config();
+        assert_eq!(config.policy.refresh_ttl, Duration::from_secs(2 * 86_400));
+        assert_eq!(config.policy.throttle.limit, 3);
+        assert_eq!(config.argon2.memory_kib, 256);
+    }
+}

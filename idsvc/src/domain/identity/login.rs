@@ -1,0 +1,99 @@
+//! Logging in: the throttle, the password (or the dummy hash), the upgrade
+//! of outdated hashes; and the edge's login-anomaly events.
+
+use super::{IdentityService, TokenPair, next_version};
+use crate::crypto::legacy_hash;
+use crate::crypto::password::Verification;
+use crate::domain::password::reject_oversized;
+use crate::domain::{Email, Error, Password, Result, UserRow};
+use tracing::warn;
+use zeroize::Zeroizing;
+
+impl IdentityService {
+    pub async fn login(&self, email: &str, password: &str) -> Result<TokenPair> {
+        let email = Email::parse(email).map_err(|_| Error::InvalidCredentials)?;
+        let throttle_key = self.index.login_throttle(email.as_str());
+        self.policy
+            .throttle
+            .begin_attempt(&*self.store, &*self.clock, &throttle_key)
+            .await?;
+        let user = self
+            .store
+            .user_by_email_index(&self.index.email(email.as_str()))
+            .await?;
+        // Unknown email and wrong password do the same work and say the same.
+        let verification = match reject_oversized(password) {
+            Ok(()) => {
+                let stored = user.as_ref().map_or(&self.dummy_hash, |u| &u.password_hash);
+                self.verify(password, stored.clone()).await?
+            }
+            Err(_) => Verification::Mismatch,
+        };
+        let Some(user) = user.filter(|_| verification.matched()) else {
+            return Err(Error::InvalidCredentials);
+        };
+        self.policy
+            .throttle
+            .succeeded(&*self.store, &throttle_key)
+            .await?;
+        if verification == Verification::MatchNeedsRehash {
+            self.upgrade_hash(&user, password).await;
+        }
+        self.start_session(user.id).await
+    }
+
+    /// Records a security event raised at the edge (the gateway's login-anomaly
+    /// detection). Kinds are a closed list and details are bounded, so the
+    /// audit trail cannot be filled with arbitrary text.
+    pub async fn record_edge_event(&self, kind: &str, detail: &str) -> Result<()> {
+        const EDGE_KINDS: [&str; 2] = ["login_anomaly", "login_autoblock"];
+        const MAX_DETAIL: usize = 512;
+        if !EDGE_KINDS.contains(&kind) {
+            return Err(Error::Invalid {
+                field: "kind",
+                reason: format!("must be one of {EDGE_KINDS:?}"),
+            });
+        }
+        if detail.len() > MAX_DETAIL {
+            return Err(Error::Invalid {
+                field: "detail",
+                reason: format!("longer than {MAX_DETAIL} bytes"),
+            });
+        }
+        let now = self.clock.now_ms();
+        self.store
+            .record_security_event(kind, None, detail, now)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a fresh argon2id hash after a login with outdated parameters or a
+    /// legacy scheme. Best effort: the login succeeds either way.
+    async fn upgrade_hash(&self, user: &UserRow, password: &str) {
+        let scheme = legacy_hash::canonical(&user.password_hash)
+            .map_or("unknown", |(_, scheme)| scheme.label());
+        let Ok(Ok(hash)) = self
+            .hashing
+            .hash(Zeroizing::new(
+                Password::normalise(password).expose().to_owned(),
+            ))
+            .await
+        else {
+            return;
+        };
+        let now = self.clock.now_ms();
+        let next = UserRow {
+            password_hash: hash,
+            version: next_version(user.version, now),
+            updated_at: now,
+            ..user.clone()
+        };
+        match self.store.update_user(&next, user.version).await {
+            Ok(true) => {
+                metrics::counter!("idbase_password_rehash_total", "from" => scheme).increment(1)
+            }
+            Ok(false) => {}
+            Err(err) => warn!(user_id = user.id, cause = %err, "password rehash not stored"),
+        }
+    }
+}

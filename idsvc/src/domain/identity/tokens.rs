@@ -1,0 +1,110 @@
+//! Sessions and their tokens: issue, refresh (rotation), revoke.
+
+use super::{IdentityService, TokenPair, millis};
+use crate::crypto::tokens::{self, AUDIENCE, AccessClaims, ISSUER};
+use crate::domain::{Error, Millis, NewRefreshToken, Result, RotateOutcome, Rotation, UserId};
+use tracing::{info, warn};
+
+impl IdentityService {
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair> {
+        if refresh_token.is_empty() || refresh_token.len() > 128 {
+            return Err(Error::InvalidToken);
+        }
+        let presented = tokens::refresh_token_hash(refresh_token);
+        let secret = tokens::new_refresh_secret();
+        let successor = |user_id: UserId, session_id: &str| {
+            tokens::refresh_token_hash(&tokens::refresh_token(&secret, user_id, session_id))
+        };
+        let now = self.clock.now_ms();
+        let outcome = self
+            .store
+            .rotate_refresh_token(Rotation {
+                presented: &presented,
+                claimed: tokens::refresh_token_session(refresh_token),
+                successor: &successor,
+                expires_at: now + millis(self.policy.refresh_ttl),
+                now,
+                grace_ms: millis(self.policy.refresh_grace),
+            })
+            .await?;
+        match outcome {
+            RotateOutcome::Rotated {
+                user_id,
+                session_id,
+            } => {
+                let next = tokens::refresh_token(&secret, user_id, &session_id);
+                self.token_pair(user_id, &session_id, next, now)
+            }
+            RotateOutcome::Reused {
+                user_id,
+                session_id,
+            } => {
+                warn!(user_id, session_id, "refresh token reused: session revoked");
+                self.store
+                    .record_security_event(
+                        "refresh_token_reuse",
+                        Some(user_id),
+                        &format!("session {session_id} revoked"),
+                        now,
+                    )
+                    .await?;
+                Err(Error::InvalidToken)
+            }
+            RotateOutcome::Invalid => Err(Error::InvalidToken),
+        }
+    }
+
+    /// Logs out the session the token belongs to. Unknown tokens are ignored:
+    /// revocation is idempotent and tells nothing.
+    pub async fn revoke(&self, refresh_token: &str) -> Result<()> {
+        if refresh_token.is_empty() || refresh_token.len() > 128 {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        if let Some(user_id) = self
+            .store
+            .revoke_session_of(&tokens::refresh_token_hash(refresh_token), now)
+            .await?
+        {
+            info!(user_id, "session revoked");
+        }
+        Ok(())
+    }
+
+    pub(super) async fn start_session(&self, user_id: UserId) -> Result<TokenPair> {
+        let session_id = uuid::Uuid::new_v4().to_string();
+        let refresh = tokens::refresh_token(&tokens::new_refresh_secret(), user_id, &session_id);
+        let now = self.clock.now_ms();
+        let token = NewRefreshToken {
+            hash: &tokens::refresh_token_hash(&refresh),
+            session_id: &session_id,
+            user_id,
+            expires_at: now + millis(self.policy.refresh_ttl),
+        };
+        self.store.create_session(token, now).await?;
+        self.token_pair(user_id, &session_id, refresh, now)
+    }
+
+    fn token_pair(
+        &self,
+        user_id: UserId,
+        session_id: &str,
+        refresh_token: String,
+        now: Millis,
+    ) -> Result<TokenPair> {
+        let iat = now / 1000;
+        let claims = AccessClaims {
+            iss: ISSUER.to_owned(),
+            aud: AUDIENCE.to_owned(),
+            sub: user_id.to_string(),
+            sid: session_id.to_owned(),
+            iat,
+            exp: iat + i64::try_from(self.policy.access_ttl.as_secs()).unwrap_or(i64::MAX),
+        };
+        Ok(TokenPair {
+            access_token: self.signer.sign(&claims).map_err(Error::internal)?,
+            refresh_token,
+            expires_in: self.policy.access_ttl,
+        })
+    }
+}

@@ -1,0 +1,49 @@
+//! What SQLite and MySQL spell differently.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    MySql,
+}
+
+impl Dialect {
+    /// Row locks: InnoDB needs them; SQLite serialises writers anyway.
+    pub(super) fn for_update(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::MySql => " FOR UPDATE",
+        }
+    }
+
+    /// How many writers a job may run at once when it asks for `wanted`:
+    /// SQLite has one writer at a time, MySQL takes a few connections.
+    pub fn concurrent_writers(self, wanted: usize) -> usize {
+        match self {
+            Self::Sqlite => 1,
+            Self::MySql => wanted.clamp(1, 16),
+        }
+    }
+
+    pub fn insert_ignore(self) -> &'static str {
+        match self {
+            Self::Sqlite => "INSERT OR IGNORE",
+            Self::MySql => "INSERT IGNORE",
+        }
+    }
+
+    /// Raises a tombstone's version, never lowers it.
+    pub(super) fn upsert_tombstone(self) -> &'static str {
+        match self {
+            Self::Sqlite => {
+                "INSERT INTO tombstones (id, version, deleted_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (id) DO UPDATE SET version = MAX(version, excluded.version), \
+                 deleted_at = excluded.deleted_at"
+            }
+            Self::MySql => {
+                "INSERT INTO tombstones (id, version, deleted_at) VALUES (?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE deleted_at = IF(VALUES(version) > version, VALUES(deleted_at), deleted_at), \
+                 version = GREATEST(version, VALUES(version))"
+            }
+        }
+    }
+}
