@@ -53,10 +53,10 @@ pub struct SourceArgs {
     /// each; validate: also store rows per page).
     #[arg(long, env = "IDBASE_MIGRATE_BATCH", default_value_t = 1000)]
     pub batch: usize,
-    /// Source row count, for the ETA on stderr.
+    /// Source row count, for the progress ETA.
     #[arg(long, env = "IDBASE_MIGRATE_EXPECTED_ROWS")]
     pub expected_rows: Option<u64>,
-    /// No progress line on stderr.
+    /// No progress (a bar on a terminal, else a log event every few seconds).
     #[arg(long, env = "IDBASE_MIGRATE_QUIET")]
     pub quiet: bool,
 }
@@ -110,7 +110,7 @@ pub struct BackfillArgs {
     /// Forget the checkpoint and scan from the first id (changes nothing already done).
     #[arg(long, env = "IDBASE_MIGRATE_RESTART")]
     pub restart: bool,
-    /// No progress line on stderr.
+    /// No progress (a bar on a terminal, else a log event every few seconds).
     #[arg(long, env = "IDBASE_MIGRATE_QUIET")]
     pub quiet: bool,
 }
