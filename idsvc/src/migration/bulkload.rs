@@ -11,12 +11,11 @@ use super::checkpoint;
 use super::mapping::{DuplicatesRule, Mapping};
 use super::progress::Progress;
 use super::source::{Record, Source};
+use super::store::{Claimant, MigrationStore};
 use super::transform::{LegacyRecord, Reject, Transformer};
 use crate::domain::{IdentityService, UserId};
-use crate::store::{Dialect, SqlStore};
 use futures::{TryFutureExt, TryStreamExt, stream};
 use serde::Serialize;
-use sqlx::Row;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -44,7 +43,7 @@ pub struct BulkloadOptions {
 /// checkpoint stays for the next run).
 pub async fn run(
     service: Arc<IdentityService>,
-    store: &SqlStore,
+    store: &dyn MigrationStore,
     source_spec: &str,
     mapping: &Mapping,
     options: &BulkloadOptions,
@@ -63,7 +62,7 @@ pub async fn run(
     let batch_size = options.batch.clamp(1, 2000);
     let source = Source::open(source_spec, mapping, batch_size).await?;
     let transformer = Arc::new(Transformer::new(mapping, &source)?);
-    let workers = store.dialect().concurrent_writers(options.workers);
+    let workers = store.concurrent_writers(options.workers);
     let mut progress = Progress::new(JOB, options.progress, options.expected_rows, skip);
     let batches = stream::try_unfold((source, skip), |(mut source, mut skip)| async move {
         if cancel.is_cancelled() {
@@ -86,8 +85,10 @@ pub async fn run(
             })
             .try_buffered(workers)
             .map_ok(|transformed| async move {
-                write_batch(store, &transformed).await?;
-                Ok(transformed)
+                store
+                    .stage_batch(JOB, &transformed.staged, &transformed.rejects)
+                    .await?;
+                Ok::<_, anyhow::Error>(transformed)
             })
             .try_buffered(workers)
     );
@@ -138,166 +139,45 @@ fn spawn_transform(
     })
 }
 
-const STAGING_COLUMNS: &str = "id, email_sealed, email_index, phone_sealed, password_hash, \
-     version, created_at, updated_at, deleted, loser";
-
-/// Stages one batch and its rejects in one transaction.
-async fn write_batch(store: &SqlStore, batch: &Transformed) -> anyhow::Result<()> {
-    let mut tx = store.pool().begin().await?;
-    if !batch.staged.is_empty() {
-        // REPLACE: a batch re-read after a crash overwrites its own rows.
-        let mut sql = format!("REPLACE INTO migration_staging ({STAGING_COLUMNS}) VALUES ");
-        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"; batch.staged.len()].join(", ");
-        sql.push_str(&values);
-        let mut query = sqlx::query(&sql);
-        for r in &batch.staged {
-            query = query
-                .bind(r.row.id)
-                .bind(r.row.email_sealed.clone())
-                .bind(r.row.email_index.clone())
-                .bind(r.row.phone_sealed.clone())
-                .bind(r.row.password_hash.clone())
-                .bind(r.row.version)
-                .bind(r.row.created_at)
-                .bind(r.row.updated_at)
-                .bind(i64::from(r.deleted));
-        }
-        query.execute(&mut *tx).await?;
-    }
-    for reject in &batch.rejects {
-        sqlx::query("REPLACE INTO migration_rejects (job, source_id, reason) VALUES (?, ?, ?)")
-            .bind(JOB)
-            .bind(truncate(&reject.id, 64))
-            .bind(truncate(&reject.reason, 500))
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    s.chars().take(max).collect()
-}
-
-/// Losers marked per pair of statements: single-row statements took minutes
-/// at 20M rows with a few percent duplicates.
-const MARK_CHUNK: usize = 500;
-
 /// Applies the duplicates rule among live staged rows sharing an email and
-/// records every loser in `migration_conflicts`. Idempotent.
-async fn resolve_duplicates(store: &SqlStore, rule: DuplicatesRule) -> anyhow::Result<u64> {
-    let pool = store.pool();
-    // Losers are marked in the transaction that records their conflicts, so
-    // without conflict rows there is no mark to reset (and no full scan).
-    let marked: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM migration_conflicts WHERE job = ? LIMIT 1")
-            .bind(JOB)
-            .fetch_optional(pool)
-            .await?;
-    if marked.is_some() {
-        sqlx::query("UPDATE migration_staging SET loser = 0 WHERE loser <> 0")
-            .execute(pool)
-            .await?;
-        sqlx::query("DELETE FROM migration_conflicts WHERE job = ?")
-            .bind(JOB)
-            .execute(pool)
-            .await?;
-    }
+/// records every loser as a conflict. Idempotent.
+async fn resolve_duplicates(
+    store: &dyn MigrationStore,
+    rule: DuplicatesRule,
+) -> anyhow::Result<u64> {
     let reason = match rule {
         DuplicatesRule::LatestUpdated => {
             "duplicate email: a more recently updated account keeps it"
         }
         DuplicatesRule::LowestId => "duplicate email: the oldest account keeps it",
     };
-    let mut reader = pool.acquire().await?;
-    let mysql = store.dialect() == Dialect::MySql;
-    if mysql {
-        // The sort below covers every live staged row: 2 MiB (the default)
-        // means hundreds of merge passes at 20M rows.
-        sqlx::query("SET SESSION sort_buffer_size = 268435456")
-            .execute(&mut *reader)
-            .await?;
-    }
-    // Every live row, sorted by email and streamed; one group (usually of
-    // one) and one chunk of losers are held at a time. One sort of staging,
-    // no index on it: maintaining an email index row by row doubled
-    // MariaDB's work per staged row, a GROUP BY joined back to staging took
-    // longer than building one afterwards, and a window count (to send only
-    // shared emails) wrote every row to an on-disk temporary table first
-    // (5M rows: 14 s, against 6 s for the sort streamed).
-    let mut rows = sqlx::query(
-        "SELECT id, HEX(email_index), updated_at FROM migration_staging \
-         WHERE deleted = 0 ORDER BY email_index, id",
-    )
-    .fetch(&mut *reader);
-    let mut losers = 0;
-    let mut pending: Vec<(UserId, UserId)> = Vec::with_capacity(MARK_CHUNK);
-    let mut group: Vec<(UserId, i64)> = Vec::new();
-    let mut key: Option<String> = None;
-    while let Some(row) = rows.try_next().await? {
-        // As hex: the Any driver reads MySQL's VARBINARY as text.
-        let index: String = row.try_get(1)?;
-        if key.as_ref() != Some(&index) {
-            settle(&group, rule, &mut pending);
-            group.clear();
-            key = Some(index);
-            if pending.len() >= MARK_CHUNK {
-                losers += mark_losers(store, &pending, reason).await?;
-                pending.clear();
-            }
-        }
-        group.push((row.try_get(0)?, row.try_get(2)?));
-    }
-    settle(&group, rule, &mut pending);
-    drop(rows);
-    losers += mark_losers(store, &pending, reason).await?;
-    if mysql {
-        sqlx::query("SET SESSION sort_buffer_size = DEFAULT")
-            .execute(&mut *reader)
-            .await?;
-    }
-    Ok(losers)
+    store
+        .resolve_duplicates(JOB, reason, &|group| winner(group, rule))
+        .await
 }
 
-/// Marks losers in staging and records them as conflicts, in one transaction.
-async fn mark_losers(
-    store: &SqlStore,
-    losers: &[(UserId, UserId)],
-    reason: &str,
-) -> anyhow::Result<u64> {
-    for chunk in losers.chunks(MARK_CHUNK) {
-        let mut tx = store.pool().begin().await?;
-        let marks = vec!["?"; chunk.len()].join(", ");
-        let sql = format!("UPDATE migration_staging SET loser = 1 WHERE id IN ({marks})");
-        let mut update = sqlx::query(&sql);
-        for (loser, _) in chunk {
-            update = update.bind(*loser);
-        }
-        update.execute(&mut *tx).await?;
-        let rows = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
-        let sql =
-            format!("REPLACE INTO migration_conflicts (job, id, winner, reason) VALUES {rows}");
-        let mut insert = sqlx::query(&sql);
-        for (loser, winner) in chunk {
-            insert = insert.bind(JOB).bind(*loser).bind(*winner).bind(reason);
-        }
-        insert.execute(&mut *tx).await?;
-        tx.commit().await?;
-    }
-    Ok(losers.len() as u64)
-}
-
-fn settle(group: &[(UserId, i64)], rule: DuplicatesRule, losers: &mut Vec<(UserId, UserId)>) {
+/// The claimant that keeps a shared email under `rule`.
+fn winner(group: &[Claimant], rule: DuplicatesRule) -> Option<UserId> {
     let winner = match rule {
-        DuplicatesRule::LatestUpdated => group.iter().max_by_key(|(id, updated)| (*updated, *id)),
-        DuplicatesRule::LowestId => group.iter().min_by_key(|(id, _)| *id),
+        DuplicatesRule::LatestUpdated => group.iter().max_by_key(|c| (c.updated_at, c.id)),
+        DuplicatesRule::LowestId => group.iter().min_by_key(|c| c.id),
     };
-    let Some(&(winner, _)) = winner else { return };
-    losers.extend(
-        group
-            .iter()
-            .filter(|(id, _)| *id != winner)
-            .map(|(id, _)| (*id, winner)),
-    );
+    winner.map(|c| c.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claimant(id: UserId, updated_at: i64) -> Claimant {
+        Claimant { id, updated_at }
+    }
+
+    #[test]
+    fn latest_updated_wins_and_ties_go_to_the_higher_id() {
+        let group = [claimant(3, 10), claimant(7, 20), claimant(5, 20)];
+        assert_eq!(winner(&group, DuplicatesRule::LatestUpdated), Some(7));
+        assert_eq!(winner(&group, DuplicatesRule::LowestId), Some(3));
+        assert_eq!(winner(&[], DuplicatesRule::LowestId), None);
+    }
 }

@@ -1,10 +1,9 @@
-//! Per-job checkpoints in `migration_checkpoints`: where a job stopped, whether
-//! it finished, and its counts as JSON.
+//! Per-job checkpoints: where a job stopped, whether it finished, and its
+//! counts as JSON.
 
-use crate::domain::Clock;
-use crate::store::SqlStore;
+use super::store::MigrationStore;
+use crate::domain::{Clock, SystemClock};
 use serde::Serialize;
-use sqlx::Row;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Checkpoint {
@@ -15,61 +14,34 @@ pub struct Checkpoint {
     pub updated_at: i64,
 }
 
-pub async fn load(store: &SqlStore, job: &str) -> anyhow::Result<Option<Checkpoint>> {
-    let row = sqlx::query(
-        "SELECT job, position, done, counts, updated_at FROM migration_checkpoints WHERE job = ?",
-    )
-    .bind(job)
-    .fetch_optional(store.pool())
-    .await?;
-    row.map(|r| from_row(&r)).transpose()
+pub async fn load(store: &dyn MigrationStore, job: &str) -> anyhow::Result<Option<Checkpoint>> {
+    store.checkpoint(job).await
 }
 
-pub async fn all(store: &SqlStore) -> anyhow::Result<Vec<Checkpoint>> {
-    let rows = sqlx::query(
-        "SELECT job, position, done, counts, updated_at FROM migration_checkpoints ORDER BY job",
-    )
-    .fetch_all(store.pool())
-    .await?;
-    rows.iter().map(from_row).collect()
+pub async fn all(store: &dyn MigrationStore) -> anyhow::Result<Vec<Checkpoint>> {
+    store.checkpoints().await
 }
 
-fn from_row(r: &sqlx::any::AnyRow) -> anyhow::Result<Checkpoint> {
-    Ok(Checkpoint {
-        job: r.try_get(0)?,
-        position: r.try_get(1)?,
-        done: r.try_get::<i64, _>(2)? != 0,
-        counts: r.try_get(3)?,
-        updated_at: r.try_get(4)?,
-    })
-}
-
+/// Records where `job` is, stamped with the time now.
 pub async fn save(
-    store: &SqlStore,
+    store: &dyn MigrationStore,
     job: &str,
     position: i64,
     done: bool,
     counts: &impl Serialize,
 ) -> anyhow::Result<()> {
-    sqlx::query(
-        "REPLACE INTO migration_checkpoints (job, position, done, counts, updated_at) \
-         VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(job)
-    .bind(position)
-    .bind(i64::from(done))
-    .bind(serde_json::to_string(counts)?)
-    .bind(crate::domain::SystemClock.now_ms())
-    .execute(store.pool())
-    .await?;
-    Ok(())
+    store
+        .save_checkpoint(&Checkpoint {
+            job: job.to_owned(),
+            position,
+            done,
+            counts: serde_json::to_string(counts)?,
+            updated_at: SystemClock.now_ms(),
+        })
+        .await
 }
 
 /// Forgets a job's checkpoint so that it starts over.
-pub async fn reset(store: &SqlStore, job: &str) -> anyhow::Result<()> {
-    sqlx::query("DELETE FROM migration_checkpoints WHERE job = ?")
-        .bind(job)
-        .execute(store.pool())
-        .await?;
-    Ok(())
+pub async fn reset(store: &dyn MigrationStore, job: &str) -> anyhow::Result<()> {
+    store.delete_checkpoint(job).await
 }

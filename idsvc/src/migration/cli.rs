@@ -1,12 +1,15 @@
 //! `idbase migrate …`: arguments and dispatch; `src/main.rs` only parses.
 
+use super::store::MigrationStore;
 use super::{Mapping, backfill, bulkload, checkpoint, purge, reports, validate, validation};
 use crate::PolicyArgs;
 use crate::domain::IdentityService;
 use crate::store::SqlStore;
 use anyhow::Context;
-use std::path::PathBuf;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Shared by every job.
@@ -37,7 +40,7 @@ pub enum MigrateCommand {
     Status(StatusArgs),
 }
 
-/// The legacy source, read as bulkload reads it.
+/// The legacy source, as bulkload, validate and purge read it.
 #[derive(Clone, Debug, clap::Args)]
 pub struct SourceArgs {
     /// `tsv:PATH` (bcp -c export, gzip accepted), `mysql://…` or `sqlite://…`.
@@ -46,13 +49,14 @@ pub struct SourceArgs {
     /// The mapping TOML (README: "Migration mapping").
     #[arg(long, env = "IDBASE_MAPPING")]
     pub mapping: PathBuf,
-    /// Rows per batch read from the source (and store rows per page).
+    /// Rows per batch read from the source (bulkload: one multi-row INSERT
+    /// each; validate: also store rows per page).
     #[arg(long, env = "IDBASE_MIGRATE_BATCH", default_value_t = 1000)]
     pub batch: usize,
-    /// Source row count, for the ETA on stderr.
+    /// Source row count, for the progress ETA.
     #[arg(long, env = "IDBASE_MIGRATE_EXPECTED_ROWS")]
     pub expected_rows: Option<u64>,
-    /// No progress line on stderr.
+    /// No progress (a bar on a terminal, else a log event every few seconds).
     #[arg(long, env = "IDBASE_MIGRATE_QUIET")]
     pub quiet: bool,
 }
@@ -106,7 +110,7 @@ pub struct BackfillArgs {
     /// Forget the checkpoint and scan from the first id (changes nothing already done).
     #[arg(long, env = "IDBASE_MIGRATE_RESTART")]
     pub restart: bool,
-    /// No progress line on stderr.
+    /// No progress (a bar on a terminal, else a log event every few seconds).
     #[arg(long, env = "IDBASE_MIGRATE_QUIET")]
     pub quiet: bool,
 }
@@ -115,21 +119,11 @@ pub struct BackfillArgs {
 pub struct BulkloadArgs {
     #[command(flatten)]
     pub common: Common,
-    /// `tsv:PATH` (bcp -c export, gzip accepted), `mysql://…` or `sqlite://…`.
-    #[arg(long, env = "IDBASE_SOURCE", hide_env_values = true)]
-    pub source: String,
-    /// The mapping TOML (README: "Migration mapping").
-    #[arg(long, env = "IDBASE_MAPPING")]
-    pub mapping: PathBuf,
-    /// Rows per batch (one multi-row INSERT each).
-    #[arg(long, env = "IDBASE_MIGRATE_BATCH", default_value_t = 1000)]
-    pub batch: usize,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// Batches in flight at once, each on its own connection (MySQL; SQLite runs one).
     #[arg(long, env = "IDBASE_MIGRATE_WORKERS", default_value_t = 2)]
     pub workers: usize,
-    /// Source row count, for the ETA on stderr.
-    #[arg(long, env = "IDBASE_MIGRATE_EXPECTED_ROWS")]
-    pub expected_rows: Option<u64>,
     /// Write the rejects (id + reason) as JSON lines here.
     #[arg(long, env = "IDBASE_MIGRATE_REJECTS")]
     pub rejects: Option<PathBuf>,
@@ -139,9 +133,6 @@ pub struct BulkloadArgs {
     /// Forget the checkpoint and load from the start.
     #[arg(long, env = "IDBASE_MIGRATE_RESTART")]
     pub restart: bool,
-    /// No progress line on stderr.
-    #[arg(long, env = "IDBASE_MIGRATE_QUIET")]
-    pub quiet: bool,
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -181,28 +172,66 @@ pub async fn run(command: MigrateCommand, cancel: CancellationToken) -> anyhow::
         MigrateCommand::Backfill(args) => run_backfill(args, cancel).await,
         MigrateCommand::Validate(args) => run_validate(args, cancel).await,
         MigrateCommand::Purge(args) => run_purge(args, cancel).await,
-        MigrateCommand::Status(args) => {
-            let store = SqlStore::connect(&args.common.database_url).await?;
-            let jobs = checkpoint::all(&store).await?;
-            let jobs: Vec<serde_json::Value> = jobs
-                .into_iter()
-                .map(|c| {
-                    serde_json::json!({
-                        "job": c.job,
-                        "position": c.position,
-                        "done": c.done,
-                        "counts": serde_json::from_str::<serde_json::Value>(&c.counts).unwrap_or_default(),
-                        "updated_at_ms": c.updated_at,
-                    })
-                })
-                .collect();
-            let last_validation = validation::latest(&store).await?;
-            Ok(Outcome {
-                report: serde_json::json!({ "jobs": jobs, "last_validation": last_validation }),
-                success: true,
-            })
-        }
+        MigrateCommand::Status(args) => run_status(args).await,
     }
+}
+
+/// The report files a job writes from its tables once it is done.
+#[derive(Default)]
+struct ReportFiles<'a> {
+    rejects: Option<&'a Path>,
+    conflicts: Option<&'a Path>,
+}
+
+/// The outcome of a counting job (bulkload, backfill, purge): `None` counts
+/// mean it was interrupted; otherwise the report files asked for are written
+/// and stdout gets `{job, counts, seconds}`.
+async fn finish(
+    store: &dyn MigrationStore,
+    job: &str,
+    counts: Option<impl Serialize>,
+    started: Instant,
+    files: ReportFiles<'_>,
+) -> anyhow::Result<Outcome> {
+    let Some(counts) = counts else {
+        return Ok(Outcome::interrupted(job));
+    };
+    if let Some(path) = files.rejects {
+        reports::write_rejects(store, job, path).await?;
+    }
+    if let Some(path) = files.conflicts {
+        reports::write_conflicts(store, job, path).await?;
+    }
+    Ok(Outcome {
+        report: serde_json::json!({
+            "job": job,
+            "counts": counts,
+            "seconds": started.elapsed().as_secs_f64(),
+        }),
+        success: true,
+    })
+}
+
+async fn run_status(args: StatusArgs) -> anyhow::Result<Outcome> {
+    let store = SqlStore::connect(&args.common.database_url).await?;
+    let jobs = checkpoint::all(&store).await?;
+    let jobs: Vec<serde_json::Value> = jobs
+        .into_iter()
+        .map(|c| {
+            serde_json::json!({
+                "job": c.job,
+                "position": c.position,
+                "done": c.done,
+                "counts": serde_json::from_str::<serde_json::Value>(&c.counts).unwrap_or_default(),
+                "updated_at_ms": c.updated_at,
+            })
+        })
+        .collect();
+    let last_validation = validation::latest(&store).await?;
+    Ok(Outcome {
+        report: serde_json::json!({ "jobs": jobs, "last_validation": last_validation }),
+        success: true,
+    })
 }
 
 async fn run_validate(args: ValidateArgs, cancel: CancellationToken) -> anyhow::Result<Outcome> {
@@ -217,16 +246,16 @@ async fn run_validate(args: ValidateArgs, cancel: CancellationToken) -> anyhow::
     };
     let report = validate::run(
         service,
-        &store,
+        store.as_ref(),
         &args.source.source,
         &mapping,
         &options,
         &cancel,
     )
     .await
-    .context("validate")?;
+    .context(validate::JOB)?;
     let Some(report) = report else {
-        return Ok(Outcome::interrupted("validate"));
+        return Ok(Outcome::interrupted(validate::JOB));
     };
     let json = serde_json::to_value(&report)?;
     if let Some(path) = &args.report {
@@ -249,63 +278,55 @@ async fn run_purge(args: PurgeArgs, cancel: CancellationToken) -> anyhow::Result
         expected_rows: args.source.expected_rows,
         report: args.report.clone(),
     };
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let counts = purge::run(
         service,
-        &store,
+        store.as_ref(),
         &args.source.source,
         &mapping,
         &options,
         &cancel,
     )
     .await
-    .context("purge")?;
-    let Some(counts) = counts else {
-        return Ok(Outcome::interrupted("purge"));
-    };
-    Ok(Outcome {
-        report: serde_json::json!({
-            "job": "purge",
-            "counts": counts,
-            "seconds": started.elapsed().as_secs_f64(),
-        }),
-        success: true,
-    })
+    .context(purge::JOB)?;
+    finish(
+        store.as_ref(),
+        purge::JOB,
+        counts,
+        started,
+        ReportFiles::default(),
+    )
+    .await
 }
 
 async fn run_bulkload(args: BulkloadArgs, cancel: CancellationToken) -> anyhow::Result<Outcome> {
-    let mapping = Mapping::load(&args.mapping)?;
+    let mapping = Mapping::load(&args.source.mapping)?;
     let (service, store) = open(&args.common).await?;
     if args.restart {
-        checkpoint::reset(&store, bulkload::JOB).await?;
+        checkpoint::reset(store.as_ref(), bulkload::JOB).await?;
     }
     let options = bulkload::BulkloadOptions {
-        batch: args.batch,
+        batch: args.source.batch,
         workers: args.workers,
-        expected_rows: args.expected_rows,
-        progress: !args.quiet,
+        expected_rows: args.source.expected_rows,
+        progress: !args.source.quiet,
     };
-    let started = std::time::Instant::now();
-    let counts = bulkload::run(service, &store, &args.source, &mapping, &options, &cancel)
-        .await
-        .context("bulkload")?;
-    let Some(counts) = counts else {
-        return Ok(Outcome::interrupted("bulkload"));
+    let started = Instant::now();
+    let counts = bulkload::run(
+        service,
+        store.as_ref(),
+        &args.source.source,
+        &mapping,
+        &options,
+        &cancel,
+    )
+    .await
+    .context(bulkload::JOB)?;
+    let files = ReportFiles {
+        rejects: args.rejects.as_deref(),
+        conflicts: args.conflicts.as_deref(),
     };
-    if let Some(path) = &args.rejects {
-        reports::write_rejects(&store, bulkload::JOB, path).await?;
-    }
-    if let Some(path) = &args.conflicts {
-        reports::write_conflicts(&store, bulkload::JOB, path).await?;
-    }
-    Ok(Outcome {
-        report: serde_json::json!({
-            "job": "bulkload",
-            "counts": counts,
-            "seconds": started.elapsed().as_secs_f64(),
-        }),
-        success: true,
-    })
+    finish(store.as_ref(), bulkload::JOB, counts, started, files).await
 }
 
 async fn run_backfill(args: BackfillArgs, cancel: CancellationToken) -> anyhow::Result<Outcome> {
@@ -313,7 +334,7 @@ async fn run_backfill(args: BackfillArgs, cancel: CancellationToken) -> anyhow::
     if args.restart {
         checkpoint::reset(&store, backfill::JOB).await?;
     }
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let options = backfill::BackfillOptions {
         batch: args.batch,
         workers: args.workers,
@@ -321,22 +342,10 @@ async fn run_backfill(args: BackfillArgs, cancel: CancellationToken) -> anyhow::
     };
     let counts = backfill::run(&store, &options, &cancel)
         .await
-        .context("backfill")?;
-    let Some(counts) = counts else {
-        return Ok(Outcome::interrupted("backfill"));
+        .context(backfill::JOB)?;
+    let files = ReportFiles {
+        rejects: args.rejects.as_deref(),
+        conflicts: args.conflicts.as_deref(),
     };
-    if let Some(path) = &args.rejects {
-        reports::write_rejects(&store, backfill::JOB, path).await?;
-    }
-    if let Some(path) = &args.conflicts {
-        reports::write_conflicts(&store, backfill::JOB, path).await?;
-    }
-    Ok(Outcome {
-        report: serde_json::json!({
-            "job": "backfill",
-            "counts": counts,
-            "seconds": started.elapsed().as_secs_f64(),
-        }),
-        success: true,
-    })
+    finish(&store, backfill::JOB, counts, started, files).await
 }

@@ -15,11 +15,10 @@ use super::checkpoint;
 use super::mapping::Mapping;
 use super::progress::Progress;
 use super::source::Source;
+use super::store::MigrationStore;
 use super::transform::Transformer;
 use crate::domain::IdentityService;
-use crate::store::SqlStore;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -63,7 +62,7 @@ struct Line {
 /// is in the report file; a new run picks up the rest).
 pub async fn run(
     service: Arc<IdentityService>,
-    store: &SqlStore,
+    store: &dyn MigrationStore,
     source_spec: &str,
     mapping: &Mapping,
     options: &PurgeOptions,
@@ -99,7 +98,8 @@ pub async fn run(
             }
         }
         counts.soft_deleted += deleted.len() as u64;
-        let mut stored = stored_versions(store, deleted.keys().copied().collect()).await?;
+        let ids: Vec<i64> = deleted.keys().copied().collect();
+        let mut stored = store.stored_versions(&ids).await?;
         stored.sort_unstable();
         for (id, stored_version) in stored {
             let version = deleted[&id];
@@ -142,23 +142,4 @@ pub async fn run(
         checkpoint::save(store, JOB, counts.source_rows as i64, true, &counts).await?;
     }
     Ok(Some(counts))
-}
-
-/// (id, stored version) of the given ids that are stored.
-async fn stored_versions(store: &SqlStore, ids: Vec<i64>) -> anyhow::Result<Vec<(i64, i64)>> {
-    let mut out = Vec::new();
-    for chunk in ids.chunks(500) {
-        let sql = format!(
-            "SELECT id, version FROM users WHERE id IN ({})",
-            vec!["?"; chunk.len()].join(", ")
-        );
-        let mut query = sqlx::query(&sql);
-        for id in chunk {
-            query = query.bind(*id);
-        }
-        for row in query.fetch_all(store.pool()).await? {
-            out.push((row.try_get(0)?, row.try_get(1)?));
-        }
-    }
-    Ok(out)
 }

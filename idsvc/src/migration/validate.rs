@@ -20,15 +20,13 @@
 use super::mapping::Mapping;
 use super::progress::Progress;
 use super::source::{Record, Source};
+use super::store::MigrationStore;
 use super::store_scan::StoreScan;
 use super::transform::Transformer;
 use super::validation::{Allow, Tally, ValidationReport};
 use crate::domain::{IdentityService, LegacyFields, UserRow};
-use crate::store::SqlStore;
 use anyhow::bail;
 use futures::{TryFutureExt, TryStreamExt, stream};
-use sqlx::Row;
-use std::collections::HashSet;
 use std::sync::Arc;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -69,7 +67,7 @@ impl Legacy {
 /// cancelled (nothing is stored then).
 pub async fn run(
     service: Arc<IdentityService>,
-    store: &SqlStore,
+    store: &dyn MigrationStore,
     source_spec: &str,
     mapping: &Mapping,
     options: &ValidateOptions,
@@ -176,7 +174,7 @@ fn prepare(service: &IdentityService, transformer: &Transformer, record: &Record
 /// Merges one batch of legacy rows with the store rows up to its last id.
 async fn merge_batch(
     service: &IdentityService,
-    store: &SqlStore,
+    store: &dyn MigrationStore,
     scan: &mut StoreScan,
     batch: &[Legacy],
     last_id: &mut Option<i64>,
@@ -272,17 +270,16 @@ fn compare(
 /// Sorts live legacy rows the store lacks: a tombstone means the store
 /// deleted a member legacy keeps (a `deleted` difference); a conflicts entry
 /// means a duplicate loser (expected); anything else is missing.
-async fn classify_absent(store: &SqlStore, ids: &[i64], tally: &mut Tally) -> anyhow::Result<()> {
+async fn classify_absent(
+    store: &dyn MigrationStore,
+    ids: &[i64],
+    tally: &mut Tally,
+) -> anyhow::Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
-    let tombstoned = ids_in(store, "SELECT id FROM tombstones WHERE id IN", ids).await?;
-    let losers = ids_in(
-        store,
-        "SELECT DISTINCT id FROM migration_conflicts WHERE id IN",
-        ids,
-    )
-    .await?;
+    let tombstoned = store.tombstoned_among(ids).await?;
+    let losers = store.conflicted_among(ids).await?;
     for &id in ids {
         if tombstoned.contains(&id) {
             tally.different(id, &["deleted"]);
@@ -293,25 +290,4 @@ async fn classify_absent(store: &SqlStore, ids: &[i64], tally: &mut Tally) -> an
         }
     }
     Ok(())
-}
-
-/// Runs `select … IN (ids)` and returns the ids it finds.
-pub(super) async fn ids_in(
-    store: &SqlStore,
-    select: &str,
-    ids: &[i64],
-) -> anyhow::Result<HashSet<i64>> {
-    let mut found = HashSet::new();
-    // Bounded statements whatever the batch size.
-    for chunk in ids.chunks(500) {
-        let sql = format!("{select} ({})", vec!["?"; chunk.len()].join(", "));
-        let mut query = sqlx::query(&sql);
-        for id in chunk {
-            query = query.bind(*id);
-        }
-        for row in query.fetch_all(store.pool()).await? {
-            found.insert(row.try_get::<i64, _>(0)?);
-        }
-    }
-    Ok(found)
 }

@@ -3,10 +3,9 @@
 //! of each run in `migration_validations` (read by `status` and the phase
 //! guardrails). Reports carry ids and field names only, never values.
 
-use crate::store::SqlStore;
+use super::store::MigrationStore;
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 
 /// Ids kept per category: enough to start an investigation, bounded whatever
 /// the number of differences.
@@ -249,24 +248,8 @@ fn push<T>(samples: &mut Vec<T>, item: T) {
 }
 
 /// Records a finished validation (every run is kept; the newest counts).
-pub async fn save(store: &SqlStore, report: &ValidationReport) -> anyhow::Result<()> {
-    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    sqlx::query(
-        "INSERT INTO migration_validations (started_at, finished_at, source_rows, matched, \
-         missing, extra, different, passed, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(report.started_at_ms)
-    .bind(report.finished_at_ms)
-    .bind(count(report.source_rows))
-    .bind(count(report.matched))
-    .bind(count(report.missing))
-    .bind(count(report.extra))
-    .bind(count(report.different))
-    .bind(i64::from(report.passed))
-    .bind(serde_json::to_string(report)?)
-    .execute(store.pool())
-    .await?;
-    Ok(())
+pub async fn save(store: &dyn MigrationStore, report: &ValidationReport) -> anyhow::Result<()> {
+    store.save_validation(report).await
 }
 
 /// The newest validation's headline, for `status` and guardrails.
@@ -282,26 +265,8 @@ pub struct LastValidation {
     pub passed: bool,
 }
 
-pub async fn latest(store: &SqlStore) -> anyhow::Result<Option<LastValidation>> {
-    let row = sqlx::query(
-        "SELECT started_at, finished_at, source_rows, matched, missing, extra, different, passed \
-         FROM migration_validations ORDER BY id DESC LIMIT 1",
-    )
-    .fetch_optional(store.pool())
-    .await?;
-    row.map(|r| -> anyhow::Result<LastValidation> {
-        Ok(LastValidation {
-            started_at_ms: r.try_get(0)?,
-            finished_at_ms: r.try_get(1)?,
-            source_rows: r.try_get(2)?,
-            matched: r.try_get(3)?,
-            missing: r.try_get(4)?,
-            extra: r.try_get(5)?,
-            different: r.try_get(6)?,
-            passed: r.try_get::<i64, _>(7)? != 0,
-        })
-    })
-    .transpose()
+pub async fn latest(store: &dyn MigrationStore) -> anyhow::Result<Option<LastValidation>> {
+    store.latest_validation().await
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! protocol (Aurora MySQL 3, MySQL 8, MariaDB 10.11). Where their SQL differs
 //! the [`Dialect`] says so; each backend has its own embedded migrations.
 
+mod migration;
 mod sql;
 mod unique_key;
 

@@ -11,18 +11,6 @@ use std::time::Duration;
 
 const PASSWORD: &str = "correct horse battery";
 
-/// Runs each listed test on SQLite and on MariaDB.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-        mod mysql {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::MySql).await })*
-        }
-    };
-}
-
 on_both_backends!(
     register_normalises_and_refuses_duplicates,
     idempotency_key_registers_once_per_client,
