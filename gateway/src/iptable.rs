@@ -45,6 +45,8 @@ pub fn source_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
     }
 }
 
+type Shard<K, E> = HashMap<K, Slot<E>>;
+
 /// An entry and how often it was touched since the shard's last eviction.
 struct Slot<E> {
     hits: u32,
@@ -68,7 +70,7 @@ pub trait Expiring {
 pub type IpTable<E> = BoundedTable<IpAddr, E>;
 
 pub struct BoundedTable<K, E> {
-    shards: Box<[Mutex<HashMap<K, Slot<E>>>]>,
+    shards: Box<[Mutex<Shard<K, E>>]>,
     per_shard: usize,
     hasher: RandomState,
 }
@@ -83,7 +85,7 @@ impl<K: Hash + Eq, E: Expiring + Default> BoundedTable<K, E> {
         }
     }
 
-    fn shard(&self, key: &K) -> std::sync::MutexGuard<'_, HashMap<K, Slot<E>>> {
+    fn shard(&self, key: &K) -> std::sync::MutexGuard<'_, Shard<K, E>> {
         let index = (self.hasher.hash_one(key) % SHARDS as u64) as usize;
         // A panic while holding a shard leaves plain values: still usable.
         self.shards[index]
@@ -131,7 +133,7 @@ impl<K: Hash + Eq, E: Expiring + Default> BoundedTable<K, E> {
 
 /// Drops the less active half of a full shard and halves the survivors'
 /// counts, so that an entry busy long ago does not stay forever.
-fn evict_least_active<K: Hash + Eq, E: Expiring>(shard: &mut HashMap<K, Slot<E>>, now_ms: u64) {
+fn evict_least_active<K: Hash + Eq, E: Expiring>(shard: &mut Shard<K, E>, now_ms: u64) {
     let rank = |slot: &Slot<E>| (slot.entry.activity(now_ms), slot.hits);
     let mut ranks: Vec<(u64, u32)> = shard.values().map(rank).collect();
     let half = ranks.len() / 2;

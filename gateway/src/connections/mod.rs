@@ -45,10 +45,11 @@ pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 75;
 /// cannot take more than a small share of `DEFAULT_MAX_CONNECTIONS`. The
 /// trusted proxies (the ALB) are exempt.
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
-/// Connections of the whole process. Each holds buffers of 8–40 KiB (TLS
-/// included), so 8192 stay within the pod's memory limit; lowered at start
-/// to leave `FD_RESERVE` descriptors free under the process's limit.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
+/// Connections of the whole process. An idle plain connection holds about
+/// 8–16 KiB of buffers (TLS adds about as much again), so 4096 fit in the
+/// gateway pod's 128 MiB memory limit beside everything else; lowered at
+/// start to leave `FD_RESERVE` descriptors free under the process's limit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// Streams a client may have open at once on one HTTP/2 connection (the
 /// value most servers advertise; nginx's `http2_max_concurrent_streams`).
 pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
