@@ -285,3 +285,50 @@ pub async fn watch(
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detector() -> LoginAnomaly {
+        let args = AnomalyArgs {
+            login_autoblock_failures: Some(3),
+            ..AnomalyArgs::default()
+        };
+        LoginAnomaly::new(args, Clock::manual()).unwrap()
+    }
+
+    #[test]
+    fn failures_from_one_ipv6_64_block_the_whole_network() {
+        let anomaly = detector();
+        for host in ["2001:db8:7:7::1", "2001:db8:7:7::2", "2001:db8:7:7:abcd::3"] {
+            anomaly.record(host.parse().unwrap(), true);
+        }
+        assert!(
+            anomaly
+                .blocked("2001:db8:7:7::ffff".parse().unwrap())
+                .is_some()
+        );
+        assert!(
+            anomaly
+                .blocked("2001:db8:7:8::1".parse().unwrap())
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_flood_of_fresh_addresses_does_not_lift_a_block() {
+        let anomaly = detector();
+        let attacker: IpAddr = "198.51.100.9".parse().unwrap();
+        for _ in 0..3 {
+            anomaly.record(attacker, true);
+        }
+        for i in 0..(IP_CAPACITY as u32 * 3) {
+            anomaly.record(IpAddr::from((0x0a00_0000 + i).to_be_bytes()), false);
+        }
+        assert!(
+            anomaly.blocked(attacker).is_some(),
+            "the flood lifted the block"
+        );
+    }
+}
