@@ -27,6 +27,9 @@ pub struct DevArgs {
     /// idsvc admin gRPC address.
     #[arg(long, env = "IDBASE_ADMIN_GRPC", default_value = idsvc::config::DEFAULT_ADMIN_GRPC)]
     admin_grpc: SocketAddr,
+    /// Prometheus metrics address (gateway and idsvc of this process); off when unset.
+    #[arg(long, env = "IDBASE_METRICS")]
+    metrics: Option<SocketAddr>,
     #[command(flatten)]
     policy: idsvc::PolicyArgs,
 }
@@ -126,7 +129,21 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
          -d '{{\"email\":\"hanako@example.com\",\"password\":\"correct horse battery\",\"phone\":\"090-1234-5678\"}}'\n"
     );
     let idsvc = tokio::spawn(idsvc::serve(service, grpc, admin, shutdown.clone()));
-    let served = gateway::serve(config, http, shutdown.clone()).await;
+    let metrics = match args.metrics {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?,
+        ),
+        None => None,
+    };
+    let listeners = gateway::Listeners {
+        http,
+        https: None,
+        metrics,
+        limits: gateway::connections::ConnectionLimits::default(),
+    };
+    let served = gateway::serve_listeners(config, listeners, shutdown.clone()).await;
     shutdown.cancel();
     idsvc.await.context("idsvc task")??;
     served

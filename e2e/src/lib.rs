@@ -66,9 +66,12 @@ pub fn free_addr() -> anyhow::Result<String> {
 /// The gateway the API tests talk to: a [`Deployment`] they start, or an
 /// already deployed one (a kind cluster, `e2e/kind/run.sh`) named by
 /// `IDBASE_E2E_GATEWAY_URL` with its client tokens in the JSON file
-/// `IDBASE_E2E_CLIENT_TOKENS_FILE` (`{"clients": {"internal", "web", "mobile"}}`).
+/// `IDBASE_E2E_CLIENT_TOKENS_FILE` (`{"clients": {"internal", "web", "mobile"}}`);
+/// its metrics listener, if reachable, by `IDBASE_E2E_GATEWAY_METRICS_URL`.
 pub struct Target {
     pub gateway_url: String,
+    /// The gateway's metrics listener (`--metrics`), when the suite can reach it.
+    pub metrics_url: Option<String>,
     pub tokens: Tokens,
     /// The processes behind `gateway_url` when this suite started them.
     pub local: Option<Deployment>,
@@ -83,8 +86,12 @@ impl Target {
                 "IDBASE_E2E_GATEWAY_URL is set, so IDBASE_E2E_CLIENT_TOKENS_FILE must name its client tokens",
             )?;
             let tokens = Tokens::from_credentials_file(Path::new(&file))?;
+            let metrics_url = std::env::var("IDBASE_E2E_GATEWAY_METRICS_URL")
+                .ok()
+                .map(|url| url.trim_end_matches('/').to_owned());
             return Ok(Self {
                 gateway_url: gateway_url.trim_end_matches('/').to_owned(),
+                metrics_url,
                 tokens,
                 local: None,
             });
@@ -93,6 +100,7 @@ impl Target {
         let local = Deployment::start(&database, options).await?;
         Ok(Self {
             gateway_url: local.gateway_url.clone(),
+            metrics_url: Some(local.gateway_metrics_url.clone()),
             tokens: local.tokens.clone(),
             local: Some(local),
         })
@@ -156,6 +164,8 @@ impl Tokens {
 /// database behind one gateway).
 pub struct Deployment {
     pub gateway_url: String,
+    /// The gateway's metrics listener (`--metrics`): Prometheus `/metrics`.
+    pub gateway_metrics_url: String,
     pub tokens: Tokens,
     /// The first (preferred) idsvc.
     pub idsvc: Process,
@@ -178,10 +188,11 @@ struct GatewayLaunch {
 }
 
 impl GatewayLaunch {
-    fn spawn(&self, http: &str, args: &[&str]) -> anyhow::Result<Process> {
+    fn spawn(&self, http: &str, metrics: &str, args: &[&str]) -> anyhow::Result<Process> {
         Ok(Process(
             Command::new(&self.binary)
                 .args(["gateway", "--idsvc", &self.endpoints, "--http", http])
+                .args(["--metrics", metrics])
                 .arg("--clients")
                 .arg(&self.clients_file)
                 .args(args)
@@ -336,9 +347,11 @@ impl Deployment {
             clients_file,
             log_level,
         };
-        let gateway = gateway_launch.spawn(&http, cluster.gateway_args)?;
+        let metrics = free_addr()?;
+        let gateway = gateway_launch.spawn(&http, &metrics, cluster.gateway_args)?;
         let deployment = Self {
             gateway_url: format!("http://{http}"),
+            gateway_metrics_url: format!("http://{metrics}"),
             tokens,
             idsvc,
             gateway,
@@ -356,7 +369,7 @@ impl Deployment {
     /// own flags, and returns it with its URL once it is ready.
     pub async fn add_gateway(&self, args: &[&str]) -> anyhow::Result<(Process, String)> {
         let http = free_addr()?;
-        let gateway = self.gateway_launch.spawn(&http, args)?;
+        let gateway = self.gateway_launch.spawn(&http, &free_addr()?, args)?;
         let url = format!("http://{http}");
         wait_ready(&url).await?;
         Ok((gateway, url))

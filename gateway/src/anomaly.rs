@@ -5,7 +5,7 @@
 
 use crate::clock::Clock;
 use crate::edge::WafLabel;
-use crate::iptable::{Expiring, IpTable, SlidingCount};
+use crate::iptable::{DEFAULT_IPV6_PREFIX_LEN, Expiring, IpTable, SlidingCount, source_key};
 use crate::problem::Problem;
 use crate::waf::source_ip::SourceIp;
 use axum::extract::{Request, State};
@@ -88,6 +88,20 @@ impl Expiring for PerIp {
     fn expired(&self, now_ms: u64) -> bool {
         self.blocked_until <= now_ms && self.counts.attempts.idle(now_ms, self.window_ms.max(1))
     }
+
+    /// A blocked address outranks every counter: a flood of fresh addresses
+    /// must not lift a block. Otherwise failures, then attempts, in the window.
+    fn activity(&self, now_ms: u64) -> u64 {
+        if self.blocked_until > now_ms {
+            return u64::MAX;
+        }
+        let window = self.window_ms.max(1);
+        let (mut attempts, mut failures) = (self.counts.attempts, self.counts.failures);
+        failures
+            .estimate(now_ms, window)
+            .saturating_mul(1 << 20)
+            .saturating_add(attempts.estimate(now_ms, window))
+    }
 }
 
 pub struct LoginAnomaly {
@@ -96,6 +110,7 @@ pub struct LoginAnomaly {
     clock: Clock,
     overall: Mutex<(Counts, bool)>,
     per_ip: IpTable<PerIp>,
+    ipv6_prefix: u8,
     sink: OnceLock<EventSink>,
 }
 
@@ -116,15 +131,24 @@ impl LoginAnomaly {
             clock,
             overall: Mutex::default(),
             per_ip: IpTable::new(IP_CAPACITY),
+            ipv6_prefix: DEFAULT_IPV6_PREFIX_LEN,
             sink: OnceLock::new(),
         })
+    }
+
+    /// Counts and blocks IPv6 sources per network of `len` bits.
+    pub fn with_ipv6_prefix(mut self, len: u8) -> Self {
+        self.ipv6_prefix = len;
+        self
     }
 
     /// Seconds left on an auto-block of `ip`, if it is blocked.
     pub fn blocked(&self, ip: IpAddr) -> Option<u64> {
         let now = self.clock.now_ms();
         self.per_ip
-            .peek(ip, |e| e.blocked_until.checked_sub(now))
+            .peek(source_key(ip, self.ipv6_prefix), |e| {
+                e.blocked_until.checked_sub(now)
+            })
             .flatten()
             .filter(|left| *left > 0)
             .map(|left| left.div_ceil(1000))
@@ -190,7 +214,8 @@ impl LoginAnomaly {
                 );
             }
         }
-        let (alert, block) = self.per_ip.update(ip, now, |entry| {
+        let key = source_key(ip, self.ipv6_prefix);
+        let (alert, block) = self.per_ip.update(key, now, |entry| {
             entry.window_ms = window;
             let (attempts, failures) = entry.counts.record(now, window, failed);
             let ratio = ratio_of((attempts, failures));
@@ -259,4 +284,51 @@ pub async fn watch(
         _ => {}
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detector() -> LoginAnomaly {
+        let args = AnomalyArgs {
+            login_autoblock_failures: Some(3),
+            ..AnomalyArgs::default()
+        };
+        LoginAnomaly::new(args, Clock::manual()).unwrap()
+    }
+
+    #[test]
+    fn failures_from_one_ipv6_64_block_the_whole_network() {
+        let anomaly = detector();
+        for host in ["2001:db8:7:7::1", "2001:db8:7:7::2", "2001:db8:7:7:abcd::3"] {
+            anomaly.record(host.parse().unwrap(), true);
+        }
+        assert!(
+            anomaly
+                .blocked("2001:db8:7:7::ffff".parse().unwrap())
+                .is_some()
+        );
+        assert!(
+            anomaly
+                .blocked("2001:db8:7:8::1".parse().unwrap())
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_flood_of_fresh_addresses_does_not_lift_a_block() {
+        let anomaly = detector();
+        let attacker: IpAddr = "198.51.100.9".parse().unwrap();
+        for _ in 0..3 {
+            anomaly.record(attacker, true);
+        }
+        for i in 0..(IP_CAPACITY as u32 * 3) {
+            anomaly.record(IpAddr::from((0x0a00_0000 + i).to_be_bytes()), false);
+        }
+        assert!(
+            anomaly.blocked(attacker).is_some(),
+            "the flood lifted the block"
+        );
+    }
 }

@@ -3,6 +3,7 @@
 
 use crate::anomaly::{AnomalyArgs, LoginAnomaly};
 use crate::clock::Clock;
+use crate::iptable::DEFAULT_IPV6_PREFIX_LEN;
 use crate::problem::Problem;
 use crate::waf::Waf;
 use crate::waf::rules::Decision;
@@ -25,6 +26,11 @@ pub struct EdgeArgs {
     /// CIDRs of proxies whose X-Forwarded-For is believed (the ALB), comma-separated.
     #[arg(long, env = "IDBASE_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<IpNet>,
+    /// IPv6 prefix length per-address state (WAF rate rules, login anomalies,
+    /// auto-block, connection caps) is keyed by; 128 keys every address apart.
+    #[arg(long, env = "IDBASE_IPV6_PREFIX_LEN", default_value_t = DEFAULT_IPV6_PREFIX_LEN,
+          value_parser = clap::value_parser!(u8).range(1..=128))]
+    pub ipv6_prefix_len: u8,
     #[command(flatten)]
     pub anomaly: AnomalyArgs,
 }
@@ -41,15 +47,17 @@ impl Edge {
     /// Loads the WAF rules and sets up anomaly detection; idsvc's audit sink
     /// is attached by the router.
     pub fn from_args(args: EdgeArgs, clock: Clock) -> anyhow::Result<Self> {
+        let prefix = args.ipv6_prefix_len;
         let waf = args
             .waf
             .map(|path| Waf::load(&path, clock.clone(), crate::waf::DEFAULT_RATE_CAPACITY))
             .transpose()?
-            .map(Arc::new);
+            .map(|waf| Arc::new(waf.with_ipv6_prefix(prefix)));
+        let anomaly = LoginAnomaly::new(args.anomaly, clock)?.with_ipv6_prefix(prefix);
         Ok(Self {
             trusted: TrustedProxies::new(args.trusted_proxies),
             waf,
-            anomaly: Some(Arc::new(LoginAnomaly::new(args.anomaly, clock)?)),
+            anomaly: Some(Arc::new(anomaly)),
         })
     }
 }

@@ -9,8 +9,10 @@ pub mod anomaly;
 pub mod api;
 pub mod clients;
 pub mod clock;
+pub mod connections;
 pub mod edge;
 pub mod iptable;
+pub mod metrics_listener;
 pub mod openapi;
 pub mod problem;
 pub mod routes;
@@ -21,9 +23,11 @@ pub mod waf;
 
 use crate::access::AccessVerifier;
 use crate::clients::Clients;
+use crate::connections::{ConnectionLimits, Connections};
 use crate::problem::Problem;
 use crate::routes::{AppState, internal, meta, sessions, users};
 use crate::upstream::{Upstream, UpstreamArgs, UpstreamConfig};
+use crate::waf::source_ip::TrustedProxies;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -55,8 +59,14 @@ pub struct GatewayArgs {
     /// Largest accepted request body in bytes; larger gets 413.
     #[arg(long, env = "IDBASE_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+    /// Prometheus metrics address (plain HTTP, `/metrics`), kept off the
+    /// public listeners; off when unset.
+    #[arg(long, env = "IDBASE_METRICS")]
+    pub metrics: Option<SocketAddr>,
     #[command(flatten)]
     pub edge: edge::EdgeArgs,
+    #[command(flatten)]
+    pub connections: connections::ConnectionArgs,
     #[command(flatten)]
     pub tls: tls::TlsArgs,
 }
@@ -110,8 +120,7 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
         .route("/.well-known/jwks.json", get(meta::jwks))
         .route("/openapi.json", get(meta::openapi))
         .route("/healthz", get(meta::healthz))
-        .route("/readyz", get(meta::readyz))
-        .route("/metrics", get(meta::metrics));
+        .route("/readyz", get(meta::readyz));
     Ok(clients_only
         .merge(open)
         .fallback(|| async {
@@ -154,13 +163,20 @@ fn security_event_sink(upstream: Upstream) -> anomaly::EventSink {
     })
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled, then drains.
+/// Serves the API on `listener` with the default connection limits until
+/// `shutdown` is cancelled, then drains.
 pub async fn serve(
     config: GatewayConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    serve_with_tls(config, listener, None, shutdown).await
+    let listeners = Listeners {
+        http: listener,
+        https: None,
+        metrics: None,
+        limits: ConnectionLimits::default(),
+    };
+    serve_listeners(config, listeners, shutdown).await
 }
 
 /// A TLS listener and its PEM files.
@@ -170,11 +186,21 @@ pub struct TlsListener {
     pub key: PathBuf,
 }
 
-/// Serves plain HTTP on `listener` and, if given, HTTPS on `tls`.
-pub async fn serve_with_tls(
+/// Everything the gateway listens on, and the limits its client connections
+/// are held to.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub https: Option<TlsListener>,
+    /// Prometheus `/metrics`, apart from the public listeners.
+    pub metrics: Option<TcpListener>,
+    pub limits: ConnectionLimits,
+}
+
+/// Serves plain HTTP and, if given, HTTPS and metrics until `shutdown`,
+/// then drains every listener.
+pub async fn serve_listeners(
     config: GatewayConfig,
-    listener: TcpListener,
-    tls: Option<TlsListener>,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     telemetry::prometheus();
@@ -182,25 +208,38 @@ pub async fn serve_with_tls(
         waf.clone().watch(shutdown.clone());
     }
     let app = router(config)?;
-    let https = tls.map(|tls| {
+    // Both public listeners share one connection table: they share the
+    // process's descriptors.
+    let connections = Connections::new(listeners.limits);
+    let metrics = listeners
+        .metrics
+        .map(|listener| tokio::spawn(metrics_listener::serve(listener, shutdown.clone())));
+    let https = listeners.https.map(|tls| {
         tokio::spawn(tls::serve(
             app.clone(),
             tls.listener,
             tls.cert,
             tls.key,
             tls::RELOAD_INTERVAL,
+            connections.clone(),
             shutdown.clone(),
         ))
     });
-    info!(http = %listener.local_addr()?, "gateway listening");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await?;
+    info!(http = %listeners.http.local_addr()?, "gateway listening");
+    connections
+        .serve(
+            "http",
+            listeners.http,
+            app,
+            connections::plain,
+            shutdown.clone(),
+        )
+        .await?;
     if let Some(https) = https {
         https.await??;
+    }
+    if let Some(metrics) = metrics {
+        metrics.await??;
     }
     Ok(())
 }
@@ -209,6 +248,7 @@ pub async fn serve_with_tls(
 pub async fn run(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Before anything sets a gauge (the anomaly detector publishes its initial state).
     telemetry::prometheus();
+    let nofile = connections::raise_descriptor_limit();
     let clients = Clients::load(&args.clients)?;
     let listener = TcpListener::bind(args.http)
         .await
@@ -222,11 +262,31 @@ pub async fn run(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         }),
         _ => None,
     };
+    let metrics = match args.metrics {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?,
+        ),
+        None => None,
+    };
+    let limits = ConnectionLimits::from_args(
+        &args.connections,
+        args.edge.ipv6_prefix_len,
+        TrustedProxies::new(args.edge.trusted_proxies.clone()),
+    )
+    .fit_descriptors(nofile);
     let config = GatewayConfig {
         upstream: args.upstream.into(),
         clients,
         max_body_bytes: args.max_body_bytes,
         edge: edge::Edge::from_args(args.edge, clock::Clock::default())?,
     };
-    serve_with_tls(config, listener, tls, shutdown).await
+    let listeners = Listeners {
+        http: listener,
+        https: tls,
+        metrics,
+        limits,
+    };
+    serve_listeners(config, listeners, shutdown).await
 }

@@ -11,7 +11,7 @@ use utoipa::{Modify, OpenApi};
         users::register, users::me, users::update_me, users::withdraw,
         sessions::login, sessions::refresh, sessions::revoke,
         internal::upsert, internal::delete,
-        meta::jwks, meta::openapi, meta::healthz, meta::readyz, meta::metrics,
+        meta::jwks, meta::openapi, meta::healthz, meta::readyz,
     ),
     modifiers(&Security),
 )]

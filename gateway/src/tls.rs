@@ -2,6 +2,7 @@
 //! PEM files that are re-read when they change, as cert-manager rotates them.
 //! Plain HTTP keeps its own listener for deployments behind an ALB.
 
+use crate::connections::Connections;
 use anyhow::Context;
 use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
@@ -9,13 +10,13 @@ use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 /// How often the certificate and key files are checked for changes.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(5);
-/// Open connections get this long to finish on shutdown.
-const DRAIN: Duration = Duration::from_secs(10);
 
 /// `idbase gateway` flags for TLS.
 #[derive(Clone, Debug, clap::Args)]
@@ -38,15 +39,17 @@ fn digest(cert: &Path, key: &Path) -> std::io::Result<[u8; 32]> {
     Ok(hash.finalize().into())
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown`, reloading the
-/// certificate every `reload_every` if its files changed. A pair that does
-/// not load is logged and the previous certificate stays in use.
+/// Serves `app` over TLS on `listener` until `shutdown`, under the limits of
+/// `connections`, reloading the certificate every `reload_every` if its files
+/// changed. A pair that does not load is logged and the previous certificate
+/// stays in use.
 pub async fn serve(
     app: Router,
     listener: std::net::TcpListener,
     cert: PathBuf,
     key: PathBuf,
     reload_every: Duration,
+    connections: Connections,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     // One provider for the whole process; a second install is harmless.
@@ -56,18 +59,15 @@ pub async fn serve(
         .await
         .with_context(|| format!("loading TLS certificate {}", cert.display()))?;
     listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     info!(https = %listener.local_addr()?, "gateway listening with TLS");
-    let handle = axum_server::Handle::<SocketAddr>::new();
     let reloader = {
-        let (config, handle, shutdown) = (config.clone(), handle.clone(), shutdown.clone());
+        let (config, shutdown) = (config.clone(), shutdown.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(reload_every);
             loop {
                 tokio::select! {
-                    _ = shutdown.cancelled() => {
-                        handle.graceful_shutdown(Some(DRAIN));
-                        return;
-                    }
+                    _ = shutdown.cancelled() => return,
                     _ = tick.tick() => {}
                 }
                 match digest(&cert, &key) {
@@ -86,9 +86,17 @@ pub async fn serve(
             }
         })
     };
-    let served = axum_server::from_tcp_rustls(listener, config)?
-        .handle(handle)
-        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+    // Each handshake takes the certificate in force when it starts.
+    let handshake = move |stream: TcpStream| {
+        let acceptor = TlsAcceptor::from(config.get_inner());
+        async move {
+            let stream = acceptor.accept(stream).await?;
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            Ok((stream, h2))
+        }
+    };
+    let served = connections
+        .serve("https", listener, app, handshake, shutdown)
         .await;
     reloader.abort();
     served.context("TLS server")

@@ -362,9 +362,23 @@ async fn meta_routes_describe_the_service() {
     assert_eq!(jwks["keys"][0]["crv"], "Ed25519");
     assert_eq!(get("/healthz").await.unwrap().status(), StatusCode::OK);
     assert_eq!(get("/readyz").await.unwrap().status(), StatusCode::OK);
-    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("idbase_http_requests_total"), "{metrics}");
-    assert!(metrics.contains("idbase_http_request_duration_seconds_bucket"));
+    // Metrics are for the cluster's scraper, on their own listener only.
+    assert_eq!(
+        get("/metrics").await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    if let Some(metrics_url) = &d.metrics_url {
+        let metrics = http
+            .get(format!("{metrics_url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(metrics.contains("idbase_http_requests_total"), "{metrics}");
+        assert!(metrics.contains("idbase_http_request_duration_seconds_bucket"));
+    }
     // Requests carry an id back, generated or propagated.
     let answer = http
         .get(format!("{}/healthz", d.gateway_url))

@@ -48,7 +48,7 @@ async fn login(
 /// The value of one Prometheus sample, if present.
 async fn metric(d: &Deployment, http: &Client, sample: &str) -> Option<f64> {
     let text = http
-        .get(format!("{}/metrics", d.gateway_url))
+        .get(format!("{}/metrics", d.gateway_metrics_url))
         .send()
         .await
         .unwrap()

@@ -24,7 +24,7 @@ const GATEWAY: &[&str] = &[
 const WORKERS: usize = 8;
 
 async fn metrics(d: &Deployment) -> String {
-    reqwest::get(format!("{}/metrics", d.gateway_url))
+    reqwest::get(format!("{}/metrics", d.gateway_metrics_url))
         .await
         .unwrap()
         .text()

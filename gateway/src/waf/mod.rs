@@ -27,6 +27,7 @@ pub struct Waf {
     path: PathBuf,
     clock: Clock,
     rate_capacity: usize,
+    ipv6_prefix: u8,
     rules: RwLock<Arc<RuleSet>>,
     /// Digest of the file content last seen, loaded or rejected.
     seen: Mutex<[u8; 32]>,
@@ -45,9 +46,16 @@ impl Waf {
             path: path.to_owned(),
             clock,
             rate_capacity,
+            ipv6_prefix: crate::iptable::DEFAULT_IPV6_PREFIX_LEN,
             rules: RwLock::new(Arc::new(rules)),
             seen: Mutex::new(Sha256::digest(text.as_bytes()).into()),
         })
+    }
+
+    /// Counts IPv6 sources per network of `len` bits in rate rules.
+    pub fn with_ipv6_prefix(mut self, len: u8) -> Self {
+        self.ipv6_prefix = len;
+        self
     }
 
     pub fn evaluate(&self, ip: IpAddr, user_agent: &str) -> Decision {
@@ -56,7 +64,8 @@ impl Waf {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        rules.evaluate(ip, user_agent, self.clock.now_ms())
+        let key = crate::iptable::source_key(ip, self.ipv6_prefix);
+        rules.evaluate(ip, key, user_agent, self.clock.now_ms())
     }
 
     /// Re-reads the file if its content changed. `Ok(true)`: new rules are in

@@ -143,6 +143,12 @@ impl Expiring for RateEntry {
     fn expired(&self, now_ms: u64) -> bool {
         self.count.idle(now_ms, self.window_ms.max(1))
     }
+
+    /// Requests in the window: the busiest addresses are the last evicted.
+    fn activity(&self, now_ms: u64) -> u64 {
+        let mut count = self.count;
+        count.estimate(now_ms, self.window_ms.max(1))
+    }
 }
 
 /// Per-IP request counts of one rate rule; kept across reloads while the
@@ -160,10 +166,12 @@ impl RateState {
         }
     }
 
-    /// Counts a request; over `limit`, the seconds until it may retry.
-    fn hit(&self, ip: IpAddr, now_ms: u64, limit: u64) -> Option<u64> {
+    /// Counts a request from the source `key` (see
+    /// [`crate::iptable::source_key`]); over `limit`, the seconds until it may
+    /// retry.
+    fn hit(&self, key: IpAddr, now_ms: u64, limit: u64) -> Option<u64> {
         let window_ms = self.window_ms;
-        self.table.update(ip, now_ms, |entry| {
+        self.table.update(key, now_ms, |entry| {
             entry.window_ms = window_ms;
             entry.count.add(now_ms, window_ms, 1);
             (entry.count.estimate(now_ms, window_ms) > limit)
@@ -272,8 +280,9 @@ impl RuleSet {
         })
     }
 
-    /// The first matching rule's decision, or allow.
-    pub fn evaluate(&self, ip: IpAddr, user_agent: &str, now_ms: u64) -> Decision {
+    /// The first matching rule's decision, or allow. Conditions match `ip`;
+    /// rate rules count per `key`, the network `ip` is counted under.
+    pub fn evaluate(&self, ip: IpAddr, key: IpAddr, user_agent: &str, now_ms: u64) -> Decision {
         for rule in &self.rules {
             if !rule.matches(ip, user_agent) {
                 continue;
@@ -281,7 +290,7 @@ impl RuleSet {
             let decision = match (rule.action, &rule.rate) {
                 (Action::Allow, _) => Decision::Allow(rule.name.clone()),
                 (Action::Block, _) => Decision::Block(rule.name.clone()),
-                (Action::Rate, Some(state)) => match state.hit(ip, now_ms, rule.limit) {
+                (Action::Rate, Some(state)) => match state.hit(key, now_ms, rule.limit) {
                     Some(retry_after_secs) => Decision::RateLimited {
                         rule: rule.name.clone(),
                         retry_after_secs,

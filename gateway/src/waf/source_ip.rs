@@ -21,7 +21,8 @@ impl TrustedProxies {
         Self(IpNet::aggregate(&nets))
     }
 
-    fn trusts(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is one of our proxies.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|net| net.contains(&ip))
     }
 

@@ -72,6 +72,7 @@ async fn tls_offers_both_http_versions_and_reloads_a_rotated_certificate() {
         cert.clone(),
         key.clone(),
         Duration::from_millis(100),
+        gateway::connections::Connections::new(Default::default()),
         shutdown.clone(),
     ));
 

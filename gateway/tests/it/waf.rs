@@ -258,8 +258,53 @@ async fn rate_state_is_bounded_under_a_flood_of_distinct_addresses() {
     )
     .unwrap();
     for i in 0..1_000_000u32 {
-        rules.evaluate(std::net::IpAddr::from(i.to_be_bytes()), "", 0);
+        let ip = std::net::IpAddr::from(i.to_be_bytes());
+        rules.evaluate(ip, ip, "", 0);
     }
     let tracked: usize = rules.rate_rules().map(|(_, _, s)| s.tracked()).sum();
     assert!(tracked <= 50_000 + 64, "{tracked}");
+}
+
+#[tokio::test]
+async fn addresses_in_one_ipv6_64_share_a_rate_counter() {
+    let s = setup(RULES);
+    // Ten requests (the limit) spread over ten addresses of one /64.
+    for i in 1..=10 {
+        let peer = format!("[2001:db8:1:2::{i:x}]:443");
+        assert_eq!(status(&s.app, &peer, &[]).await, StatusCode::OK, "{peer}");
+    }
+    assert_eq!(
+        status(&s.app, "[2001:db8:1:2:ffff::1]:443", &[]).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // The neighbouring /64 has a counter of its own.
+    assert_eq!(
+        status(&s.app, "[2001:db8:1:3::1]:443", &[]).await,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_fresh_addresses_does_not_reset_a_busy_counter() {
+    gateway::telemetry::prometheus();
+    let rules = gateway::waf::rules::RuleSet::parse(
+        "[[rule]]\nname = \"r\"\naction = \"rate\"\nlimit = 100\n",
+        |_, _| Arc::new(gateway::waf::rules::RateState::new(300, 1_000)),
+    )
+    .unwrap();
+    let limited = |d: &gateway::waf::rules::Decision| {
+        matches!(d, gateway::waf::rules::Decision::RateLimited { .. })
+    };
+    let busy: std::net::IpAddr = "192.0.2.66".parse().unwrap();
+    for _ in 0..100 {
+        assert!(!limited(&rules.evaluate(busy, busy, "", 0)));
+    }
+    for i in 0..200_000u32 {
+        let fresh = std::net::IpAddr::from((0x0a00_0000 + i).to_be_bytes());
+        rules.evaluate(fresh, fresh, "", 1_000);
+    }
+    assert!(
+        limited(&rules.evaluate(busy, busy, "", 2_000)),
+        "the flood reset the busy address's counter"
+    );
 }
