@@ -9,7 +9,7 @@ pub mod grpc;
 pub mod migration;
 pub mod store;
 
-use crate::crypto::{HashingPool, KeyRing, PasswordParams};
+use crate::crypto::{HashingPool, KeyRing, KeyUse, PasswordParams};
 use crate::domain::{IdentityService, Policy, SystemClock, ThrottlePolicy};
 use crate::store::SqlStore;
 use anyhow::Context;
@@ -90,17 +90,18 @@ pub async fn build_service(
     policy: &PolicyArgs,
 ) -> anyhow::Result<Arc<IdentityService>> {
     let store = Arc::new(SqlStore::connect(database_url).await?);
-    service_over(store, keys_dir, policy)
+    service_over(store, keys_dir, KeyUse::Service, policy)
 }
 
 /// The ID service over a store the caller keeps too (the migration jobs
-/// read and write it directly).
+/// read and write it directly), with the keys `usage` needs.
 pub fn service_over(
     store: Arc<SqlStore>,
     keys_dir: &Path,
+    usage: KeyUse,
     policy: &PolicyArgs,
 ) -> anyhow::Result<Arc<IdentityService>> {
-    let keys = KeyRing::load(keys_dir)?;
+    let keys = KeyRing::load_for(keys_dir, usage)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let hashing = HashingPool::new(policy.argon2, cores, policy.argon2_queue)?;
     let service = IdentityService::new(
