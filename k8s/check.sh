@@ -3,7 +3,8 @@
 # workflows, the secrets-rotation script and e2e/kind/run.sh (no cluster).
 #
 #   yamllint -> render every kustomization -> strict schema validation for the
-#   target Kubernetes versions -> Secret references resolve -> checkov (skips
+#   target Kubernetes versions -> Secret references resolve -> hardening
+#   properties (tools/hardening.py) -> checkov (skips
 #   only from checkov-skips.txt) -> Falco rule shape -> rotation bump ->
 #   kind script rendering and argument checks -> shellcheck.
 #
@@ -76,6 +77,10 @@ check validate-schemas "$py" "$k8s/tools/validate.py" "${versions[@]}" \
 # On EKS every Secret a pod uses must come from an ExternalSecret in the
 # same render (and carry its version suffix).
 check eks-secret-refs "$py" "$k8s/tools/secret_refs.py" "$out/eks.yaml"
+
+# Trusted proxies, database TLS, what the public ingress routes, which pods
+# hold the signing keys, and README's sizing table against the manifests.
+check hardening "$py" "$k8s/tools/hardening.py" "$out/eks.yaml" "$out/kind.yaml" "$k8s/README.md"
 
 # --- checkov -------------------------------------------------------------------
 # skips SCOPE: the check ids from checkov-skips.txt that apply to SCOPE.

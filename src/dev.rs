@@ -1,5 +1,11 @@
 //! `idbase dev`: idsvc and gateway in one process on SQLite under a data
 //! directory, with keys and client credentials made on first start.
+//!
+//! Everything under the data directory is secret (keys, client tokens, the
+//! members' database), so the directory is 0700 and every file in it 0600,
+//! whatever the umask: the keys and credentials are created so, and the
+//! SQLite file is created 0600 before SQLite opens it (its `-wal` and `-shm`
+//! files take the database file's mode).
 
 use anyhow::Context;
 use base64::Engine;
@@ -8,7 +14,9 @@ use gateway::clients::{ClientClass, Clients};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::fs;
 use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -73,10 +81,17 @@ fn credentials(data_dir: &Path) -> anyhow::Result<DevCredentials> {
     Ok(credentials)
 }
 
-pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let keys_dir = args.data_dir.join("keys");
+/// The data directory, ready for the service: private, with keys,
+/// credentials and the database file in it.
+struct DataDir {
+    keys_dir: PathBuf,
+    credentials: DevCredentials,
+    database_url: String,
+}
+
+fn prepare(data_dir: &Path) -> anyhow::Result<DataDir> {
+    private_dir(data_dir)?;
+    let keys_dir = data_dir.join("keys");
     if !idsvc::crypto::KeyRing::exists_in(&keys_dir) {
         idsvc::crypto::KeyRing::generate(&keys_dir)?;
         println!(
@@ -84,14 +99,54 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
             keys_dir.display()
         );
     }
-    let credentials = credentials(&args.data_dir)?;
+    let credentials = credentials(data_dir)?;
+    let database = data_dir.join("idbase.db");
+    private_file(&database)?;
+    Ok(DataDir {
+        keys_dir,
+        credentials,
+        database_url: format!("sqlite://{}", database.display()),
+    })
+}
+
+/// Creates `dir` 0700, or makes an existing one so (a data directory made
+/// by hand or under another umask).
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private", dir.display()))
+}
+
+/// Creates `path` empty and 0600 if missing (SQLite takes an empty file as
+/// a new database), or makes an existing one 0600.
+fn private_file(path: &Path) -> anyhow::Result<()> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} private", path.display()))
+}
+
+pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let DataDir {
+        keys_dir,
+        credentials,
+        database_url,
+    } = prepare(&args.data_dir)?;
     let clients = Clients::from_tokens(CLASSES.iter().filter_map(|(name, class)| {
         credentials
             .clients
             .get(*name)
             .map(|token| (*name, *class, token.as_str()))
     }));
-    let database_url = format!("sqlite://{}", args.data_dir.join("idbase.db").display());
     let service = idsvc::build_service(&database_url, &keys_dir, args.policy.into_config()).await?;
     let grpc = TcpListener::bind(args.grpc)
         .await
@@ -147,4 +202,59 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
     shutdown.cancel();
     idsvc.await.context("idsvc task")??;
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Policy {
+        #[command(flatten)]
+        policy: idsvc::PolicyArgs,
+    }
+
+    /// Every file under `dir` (recursively) that others can read or write.
+    fn not_private(dir: &Path, found: &mut Vec<String>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            if mode & 0o077 != 0 {
+                found.push(format!("{} {:o}", path.display(), mode & 0o777));
+            }
+            if path.is_dir() {
+                not_private(&path, found);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_file_under_the_data_dir_is_private() {
+        let root = std::env::temp_dir().join(format!("idbase-dev-modes-{}", std::process::id()));
+        let data_dir = root.join("data");
+        // A parent made under a permissive umask, and a data dir made by hand.
+        fs::create_dir_all(&data_dir).unwrap();
+        fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o755)).unwrap();
+
+        let prepared = prepare(&data_dir).unwrap();
+        let policy = Policy::parse_from(["dev"]).policy;
+        let service = idsvc::build_service(&prepared.database_url, &prepared.keys_dir, &policy)
+            .await
+            .unwrap();
+        // A write, so SQLite has made its -wal and -shm files.
+        service
+            .register("hanako@example.com", "violet-kettle-harbour-9", None)
+            .await
+            .unwrap();
+        assert!(data_dir.join("idbase.db-wal").exists());
+
+        let mode = fs::metadata(&data_dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let mut found = Vec::new();
+        not_private(&data_dir, &mut found);
+        assert!(found.is_empty(), "readable by others: {found:?}");
+        drop(service);
+        fs::remove_dir_all(&root).unwrap();
+    }
 }

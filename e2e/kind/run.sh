@@ -117,7 +117,12 @@ printf '{"clients":{"internal":"%s","web":"%s","mobile":"%s"},"admin_token":"%s"
 
 kubectl create namespace "$ns" --dry-run=client -o yaml >"$work/namespace.yaml"
 {
-  kubectl create secret generic idsvc-keys -n "$ns" --from-file="$work/keys" \
+  # Signing keys apart: only idsvc mounts them, the migrate jobs never do.
+  kubectl create secret generic idsvc-keys -n "$ns" \
+    --from-file="$work/keys/blind-index.key" --from-file="$work/keys/pii-$kid.key" \
+    --dry-run=client -o yaml
+  echo "---"
+  kubectl create secret generic idsvc-signing-keys -n "$ns" --from-file="$work/keys/signing-$kid.key" \
     --dry-run=client -o yaml
   echo "---"
   kubectl create secret generic idsvc-credentials -n "$ns" \

@@ -45,7 +45,7 @@ pub struct RefreshTokenBody {
     pub refresh_token: String,
 }
 
-/// Changes to the member. `email` and `password` need `current_password`;
+/// Changes to the member. `email`, `phone` and `password` need `current_password`;
 /// `phone: ""` removes the phone number.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

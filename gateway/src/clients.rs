@@ -70,13 +70,26 @@ impl Clients {
 
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let file: File = toml::from_str(text)?;
-        let mut entries = Vec::new();
+        let mut entries: Vec<Entry> = Vec::new();
         for entry in file.client {
             let bytes = hex::decode(entry.token_sha256.trim())
                 .with_context(|| format!("client {}: token_sha256 is not hex", entry.id))?;
             let Ok(token_hash) = <[u8; 32]>::try_from(bytes) else {
                 bail!("client {}: token_sha256 must be 32 bytes", entry.id);
             };
+            // One token must name one client: with a shared hash, which client
+            // (and class) a request is would depend on the file's order, and
+            // revoking one client's token would silently revoke the other's.
+            if let Some(other) = entries.iter().find(|e| e.token_hash == token_hash) {
+                bail!(
+                    "clients {} and {} have the same token_sha256; every client needs its own token",
+                    other.client.id,
+                    entry.id
+                );
+            }
+            if entries.iter().any(|e| e.client.id == entry.id) {
+                bail!("client id {} appears twice", entry.id);
+            }
             entries.push(Entry {
                 client: Client {
                     id: entry.id,
@@ -194,5 +207,32 @@ mod tests {
                 .is_err()
         );
         assert!(Clients::parse("client = []\n").is_err());
+    }
+
+    #[test]
+    fn refuses_a_token_hash_shared_by_two_clients() {
+        let entry = |id: &str, class: &str, token: &str| {
+            format!(
+                "[[client]]\nid = \"{id}\"\nclass = \"{class}\"\ntoken_sha256 = \"{}\"\n",
+                hex::encode(hash(token))
+            )
+        };
+        let shared = entry("legacy-web", "internal", "same") + &entry("ios-app", "mobile", "same");
+        let err = Clients::parse(&shared).err().unwrap().to_string();
+        assert!(
+            err.contains("legacy-web") && err.contains("ios-app"),
+            "{err}"
+        );
+        // Upper-case hex is the same hash and is refused too.
+        let upper = entry("legacy-web", "internal", "same")
+            + &format!(
+                "[[client]]\nid = \"ios-app\"\nclass = \"mobile\"\ntoken_sha256 = \"{}\"\n",
+                hex::encode_upper(hash("same"))
+            );
+        assert!(Clients::parse(&upper).is_err());
+        let distinct = entry("legacy-web", "internal", "one") + &entry("ios-app", "mobile", "two");
+        assert!(Clients::parse(&distinct).is_ok());
+        let same_id = entry("web", "web", "one") + &entry("web", "mobile", "two");
+        assert!(Clients::parse(&same_id).is_err());
     }
 }

@@ -12,7 +12,7 @@ pub mod store;
 
 pub use config::{IdsvcArgs, IdsvcConfig, PolicyArgs, ServiceConfig};
 
-use crate::crypto::{HashingPool, KeyRing};
+use crate::crypto::{HashingPool, KeyRing, KeyUse};
 use crate::domain::{IdentityService, Store, SystemClock};
 use crate::store::SqlStore;
 use anyhow::Context;
@@ -30,18 +30,20 @@ pub async fn build_service(
     config: impl Into<ServiceConfig>,
 ) -> anyhow::Result<Arc<IdentityService>> {
     let store = Arc::new(SqlStore::connect(database_url).await?);
-    service_over(store, keys_dir, config)
+    service_over(store, keys_dir, KeyUse::Service, config)
 }
 
 /// The ID service over a store the caller keeps too (the migration jobs
-/// keep the concrete [`SqlStore`] and pass it here as the domain's trait).
+/// keep the concrete [`SqlStore`] and pass it here as the domain's trait),
+/// with the keys `usage` needs.
 pub fn service_over(
     store: Arc<dyn Store>,
     keys_dir: &Path,
+    usage: KeyUse,
     config: impl Into<ServiceConfig>,
 ) -> anyhow::Result<Arc<IdentityService>> {
     let config = config.into();
-    let keys = KeyRing::load(keys_dir)?;
+    let keys = KeyRing::load_for(keys_dir, usage)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let hashing = HashingPool::new(config.argon2, cores, config.argon2_queue)?;
     let service =

@@ -31,6 +31,9 @@ def references(pod):
     for volume in pod.get("volumes", []):
         if "secret" in volume:
             yield volume["secret"]["secretName"]
+        for source in volume.get("projected", {}).get("sources", []):
+            if "secret" in source:
+                yield source["secret"]["name"]
     for container in pod.get("initContainers", []) + pod.get("containers", []):
         for env in container.get("env", []):
             ref = env.get("valueFrom", {}).get("secretKeyRef")

@@ -133,7 +133,24 @@ async fn member_lifecycle_through_the_gateway() {
         .send(api.req(post.clone(), "/v1/sessions", web).json(&login))
         .await;
     let access = tokens["access_token"].as_str().unwrap().to_owned();
-    let patch = json!({"phone": ""});
+    // Changing (or removing) the phone needs the current password, like the email.
+    for (patch, refused) in [
+        (json!({"phone": ""}), StatusCode::BAD_REQUEST),
+        (
+            json!({"phone": "", "current_password": "not it at all"}),
+            StatusCode::FORBIDDEN,
+        ),
+    ] {
+        let (status, body) = api
+            .send(
+                api.req(reqwest::Method::PATCH, "/v1/users/me", web)
+                    .bearer_auth(&access)
+                    .json(&patch),
+            )
+            .await;
+        assert_eq!(status, refused, "{patch}: {body}");
+    }
+    let patch = json!({"phone": "", "current_password": PASSWORD});
     let (status, me) = api
         .send(
             api.req(reqwest::Method::PATCH, "/v1/users/me", web)

@@ -80,6 +80,11 @@ pub struct UpstreamArgs {
         default_value_t = 1_000
     )]
     pub upstream_health_interval_ms: u64,
+    /// How long the gateway trusts its copy of idsvc's published signing
+    /// keys: a key dropped from the JWKS stops verifying access tokens
+    /// within this time.
+    #[arg(long, env = "IDBASE_JWKS_REFRESH_MS", default_value_t = 60_000)]
+    pub jwks_refresh_ms: u64,
 }
 
 /// How the gateway reaches idsvc, however it was configured.
@@ -92,6 +97,8 @@ pub struct UpstreamConfig {
     pub min_retries_per_sec: u32,
     pub ejection: EjectionPolicy,
     pub health_interval: Duration,
+    /// Re-read idsvc's JWKS at least this often (see [`UpstreamArgs`]).
+    pub jwks_refresh: Duration,
 }
 
 impl UpstreamConfig {
@@ -121,6 +128,9 @@ impl Default for UpstreamConfig {
                 max: Duration::from_secs(300),
             },
             health_interval: Duration::from_secs(1),
+            // One small call a minute per gateway pod; a compromised key
+            // that idsvc stops publishing is refused a minute later.
+            jwks_refresh: Duration::from_secs(60),
         }
     }
 }
@@ -145,6 +155,7 @@ impl From<UpstreamArgs> for UpstreamConfig {
                 max: ms(args.upstream_max_ejection_ms),
             },
             health_interval: ms(args.upstream_health_interval_ms),
+            jwks_refresh: ms(args.jwks_refresh_ms),
         }
     }
 }
@@ -301,6 +312,11 @@ impl Upstream {
     /// that handle errors themselves. Prefer [`Upstream::call`].
     pub fn identity(&self) -> IdentityClient<Channel> {
         self.pool.in_order()[0].client()
+    }
+
+    /// How often the access-token verifier re-reads the JWKS.
+    pub fn jwks_refresh(&self) -> Duration {
+        self.pool.config.jwks_refresh
     }
 
     pub async fn jwks(&self) -> Result<pb::Jwks, Problem> {

@@ -9,6 +9,10 @@
 //!   all verify.
 //!
 //! Kids are UTC timestamps (`k20261129T001500`), so "newest" is the greatest.
+//!
+//! The service loads all three ([`KeyUse::Service`]); the migration jobs seal
+//! and index but never sign, so they load the PII and blind-index keys only
+//! ([`KeyUse::Jobs`]) and their pods do not mount the signing keys.
 
 use anyhow::{Context, bail};
 use base64::Engine;
@@ -24,15 +28,31 @@ pub type Key32 = Zeroizing<[u8; 32]>;
 
 const BLIND_INDEX_FILE: &str = "blind-index.key";
 
+/// Which keys a process needs, and so which the loader requires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyUse {
+    /// idsvc: PII, blind index and signing keys.
+    Service,
+    /// `idbase migrate`: PII and blind index; signing keys, if present, are
+    /// not read at all.
+    Jobs,
+}
+
 pub struct KeyRing {
     /// kid → key, ascending; the last is the newest.
     pub pii: BTreeMap<String, Key32>,
     pub blind_index: Key32,
+    /// Empty when loaded for [`KeyUse::Jobs`].
     pub signing: BTreeMap<String, Key32>,
 }
 
 impl KeyRing {
+    /// The service's keys: PII, blind index and signing.
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        Self::load_for(dir, KeyUse::Service)
+    }
+
+    pub fn load_for(dir: &Path, usage: KeyUse) -> anyhow::Result<Self> {
         let mut pii = BTreeMap::new();
         let mut signing = BTreeMap::new();
         let mut blind_index = None;
@@ -45,8 +65,11 @@ impl KeyRing {
             if name.starts_with('.') || !name.ends_with(".key") {
                 continue;
             }
-            let key = read_key(&entry.path())?;
             let stem = name.trim_end_matches(".key");
+            if usage == KeyUse::Jobs && stem.starts_with("signing-") {
+                continue;
+            }
+            let key = read_key(&entry.path())?;
             if name == BLIND_INDEX_FILE {
                 blind_index = Some(key);
             } else if let Some(kid) = stem.strip_prefix("pii-") {
@@ -61,9 +84,12 @@ impl KeyRing {
                 dir.display()
             );
         };
-        if pii.is_empty() || signing.is_empty() {
+        if pii.is_empty() {
+            bail!("{} needs at least one pii-<kid>.key", dir.display());
+        }
+        if usage == KeyUse::Service && signing.is_empty() {
             bail!(
-                "{} needs at least one pii-<kid>.key and one signing-<kid>.key",
+                "{} needs at least one signing-<kid>.key for idsvc",
                 dir.display()
             );
         }
@@ -210,6 +236,38 @@ mod tests {
         let ring = KeyRing::load(&keys_dir).unwrap();
         assert_eq!(ring.signing.len(), 2);
         assert_eq!(ring.signing.keys().last(), Some(&second));
+    }
+
+    #[test]
+    fn jobs_need_no_signing_keys_and_never_read_them() {
+        let dir = tempfile::tempdir().unwrap();
+        KeyRing::generate(dir.path()).unwrap();
+        let signing: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("signing-")
+            })
+            .collect();
+        // A signing file the job could not even parse is not read.
+        fs::write(&signing[0], "not base64").unwrap();
+        let ring = KeyRing::load_for(dir.path(), KeyUse::Jobs).unwrap();
+        assert!(ring.signing.is_empty());
+        assert_eq!(ring.pii.len(), 1);
+        assert!(KeyRing::load(dir.path()).is_err());
+
+        // Without signing keys (the jobs' mount): jobs load, the service does not.
+        fs::remove_file(&signing[0]).unwrap();
+        assert!(KeyRing::load_for(dir.path(), KeyUse::Jobs).is_ok());
+        let err = KeyRing::load(dir.path()).err().unwrap().to_string();
+        assert!(err.contains("signing"), "{err}");
+
+        // PII and blind-index keys stay required for jobs.
+        fs::remove_file(dir.path().join(BLIND_INDEX_FILE)).unwrap();
+        assert!(KeyRing::load_for(dir.path(), KeyUse::Jobs).is_err());
     }
 
     #[test]

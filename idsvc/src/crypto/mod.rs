@@ -7,7 +7,7 @@ pub mod password;
 pub mod pii;
 pub mod tokens;
 
-pub use keys::KeyRing;
+pub use keys::{KeyRing, KeyUse};
 pub use password::{HashingPool, PasswordParams};
 pub use pii::{BlindIndex, PiiSealer};
 pub use tokens::{AccessClaims, TokenSigner};

@@ -33,10 +33,11 @@ pub struct PublicKey {
 }
 
 pub struct TokenSigner {
-    /// The newest key; it keeps its public half, which a signature needs.
-    key: SigningKey,
-    /// `{"alg":"EdDSA","typ":"JWT","kid":…}`, base64url: the same for every token.
-    header: String,
+    /// The newest key (it keeps its public half, which a signature needs) and
+    /// `{"alg":"EdDSA","typ":"JWT","kid":…}`, base64url: the same for every
+    /// token. `None` in a process loaded without signing keys (the migration
+    /// jobs, [`super::keys::KeyUse::Jobs`]), which issues no tokens.
+    newest: Option<(SigningKey, String)>,
     public: Vec<PublicKey>,
 }
 
@@ -52,14 +53,16 @@ impl TokenSigner {
             });
             newest = Some((kid.clone(), signing));
         }
-        let (kid, key) = newest.context("no signing key")?;
-        let header =
-            serde_json::to_vec(&serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": kid}))?;
-        Ok(Self {
-            key,
-            header: URL_SAFE_NO_PAD.encode(header),
-            public,
-        })
+        let newest = match newest {
+            Some((kid, key)) => {
+                let header = serde_json::to_vec(
+                    &serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": kid}),
+                )?;
+                Some((key, URL_SAFE_NO_PAD.encode(header)))
+            }
+            None => None,
+        };
+        Ok(Self { newest, public })
     }
 
     /// A JWS in compact serialization (RFC 7515 §7.1), assembled here rather
@@ -68,10 +71,14 @@ impl TokenSigner {
     /// login's or refresh's signature. Verification stays with jsonwebtoken
     /// (gateway, tests).
     pub fn sign(&self, claims: &AccessClaims) -> anyhow::Result<String> {
-        let mut token = self.header.clone();
+        let (key, header) = self
+            .newest
+            .as_ref()
+            .context("no signing key loaded (a migration job issues no tokens)")?;
+        let mut token = header.clone();
         token.push('.');
         token.push_str(&URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims)?));
-        let signature = self.key.sign(token.as_bytes());
+        let signature = key.sign(token.as_bytes());
         token.push('.');
         token.push_str(&URL_SAFE_NO_PAD.encode(signature.to_bytes()));
         Ok(token)
@@ -116,6 +123,25 @@ pub fn refresh_token_hash(token: &str) -> [u8; 32] {
 mod tests {
     use super::*;
     use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+    #[test]
+    fn a_ring_loaded_for_jobs_publishes_and_signs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        KeyRing::generate(dir.path()).unwrap();
+        let ring = KeyRing::load_for(dir.path(), crate::crypto::KeyUse::Jobs).unwrap();
+        let signer = TokenSigner::new(&ring).unwrap();
+        assert!(signer.public_keys().is_empty());
+        let claims = AccessClaims {
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            sub: "42".into(),
+            sid: "s1".into(),
+            iat: 1_700_000_000,
+            exp: 4_000_000_000,
+        };
+        let err = signer.sign(&claims).unwrap_err().to_string();
+        assert!(err.contains("no signing key"), "{err}");
+    }
 
     #[test]
     fn signs_with_newest_key_and_verifies_with_jwks() {

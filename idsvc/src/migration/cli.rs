@@ -161,7 +161,14 @@ impl Outcome {
 /// migration run) for a job that needs both.
 async fn open(common: &Common) -> anyhow::Result<(Arc<IdentityService>, Arc<SqlStore>)> {
     let store = Arc::new(SqlStore::connect(&common.database_url).await?);
-    let service = crate::service_over(store.clone(), &common.keys_dir, &common.policy)?;
+    // Jobs seal and index; they never sign, so they neither need nor read the
+    // signing keys (their pods do not mount them).
+    let service = crate::service_over(
+        store.clone(),
+        &common.keys_dir,
+        crate::crypto::KeyUse::Jobs,
+        &common.policy,
+    )?;
     Ok((service, store))
 }
 

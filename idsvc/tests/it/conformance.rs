@@ -469,6 +469,26 @@ async fn revoke_and_password_change_end_sessions(backend: Backend) {
         h.service.update_me(&me, wrong).await,
         Err(Error::WrongCurrentPassword)
     ));
+    // The phone alone needs the current password too, like the email.
+    for (current_password, refused) in [(None, "invalid"), (Some("not it at all"), "wrong")] {
+        let phone_only = UserChanges {
+            phone: Some("+1 650-253-0000".into()),
+            current_password: current_password.map(str::to_owned),
+            ..UserChanges::default()
+        };
+        let result = h.service.update_me(&me, phone_only).await;
+        match refused {
+            "invalid" => assert!(
+                matches!(&result, Err(Error::Invalid { field, .. }) if *field == "current_password"),
+                "{result:?}"
+            ),
+            _ => assert!(
+                matches!(result, Err(Error::WrongCurrentPassword)),
+                "{result:?}"
+            ),
+        }
+    }
+    assert!(h.service.me(&me).await.unwrap().phone.is_none());
     let change = UserChanges {
         password: Some("a new passphrase here".into()),
         current_password: Some(PASSWORD.into()),
