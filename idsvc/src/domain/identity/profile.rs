@@ -29,11 +29,13 @@ impl IdentityService {
                 Password::new_for(raw, &final_email, self.policy.min_password_chars)
             })
             .transpose()?;
-        if email.is_some() || password.is_some() {
+        // The phone counts like the email: whoever holds a stolen access
+        // token must not be able to redirect where the member is reached.
+        if email.is_some() || password.is_some() || changes.phone.is_some() {
             let confirm = changes.current_password.as_deref().ok_or_else(|| {
                 Error::invalid(
                     "current_password",
-                    "is required to change email or password",
+                    "is required to change email, phone or password",
                 )
             })?;
             self.confirm_password(&row, &current.email, confirm).await?;
