@@ -4,9 +4,10 @@
 //! constant, used by both the flag and the `Default` impl.
 
 use crate::crypto::PasswordParams;
+use crate::crypto::legacy_hash::LegacyHashLimits;
 use crate::crypto::password::DEFAULT_ARGON2_QUEUE;
 use crate::domain::{
-    DEFAULT_ACCESS_TTL_SECS, DEFAULT_LOGIN_FAILURE_LIMIT, DEFAULT_MIN_PASSWORD_CHARS,
+    DEFAULT_ACCESS_TTL_SECS, DEFAULT_CREDENTIAL_FAILURE_FLOOR_MS, DEFAULT_LOGIN_FAILURE_LIMIT, DEFAULT_MIN_PASSWORD_CHARS,
     DEFAULT_REFRESH_GRACE_SECS, DEFAULT_REFRESH_TTL_DAYS, Policy, ThrottlePolicy, days,
 };
 use std::net::SocketAddr;
@@ -84,6 +85,17 @@ pub struct PolicyArgs {
     /// Failed logins per account before it is locked with exponential backoff (max 15 min).
     #[arg(long, env = "IDBASE_LOGIN_FAILURE_LIMIT", default_value_t = DEFAULT_LOGIN_FAILURE_LIMIT)]
     pub login_failure_limit: i64,
+    /// Least milliseconds a failed login or current-password check takes (padded
+    /// with a sleep), so timing does not tell which accounts exist or how their
+    /// password is hashed.
+    #[arg(
+        long,
+        env = "IDBASE_CREDENTIAL_FAILURE_FLOOR_MS",
+        default_value_t = DEFAULT_CREDENTIAL_FAILURE_FLOOR_MS
+    )]
+    pub credential_failure_floor_ms: u64,
+    #[command(flatten)]
+    pub legacy_hash_limits: LegacyHashLimits,
     #[command(flatten)]
     pub argon2: PasswordParams,
     /// Password hashes allowed to wait for a core; beyond this, 503 at once.
@@ -110,6 +122,8 @@ impl From<&PolicyArgs> for ServiceConfig {
                     limit: args.login_failure_limit,
                     ..ThrottlePolicy::default()
                 },
+                legacy_hash_limits: args.legacy_hash_limits,
+                credential_failure_floor: Duration::from_millis(args.credential_failure_floor_ms),
             },
             argon2: args.argon2,
             argon2_queue: args.argon2_queue,
@@ -195,11 +209,20 @@ mod tests {
             "3",
             "--argon2-memory-kib",
             "256",
+            "--legacy-bcrypt-max-cost",
+            "13",
+            "--credential-failure-floor-ms",
+            "80",
         ])
         .expect("flags parse");
         let config = parsed.policy.into_config();
         assert_eq!(config.policy.refresh_ttl, Duration::from_secs(2 * 86_400));
         assert_eq!(config.policy.throttle.limit, 3);
         assert_eq!(config.argon2.memory_kib, 256);
+        assert_eq!(config.policy.legacy_hash_limits.bcrypt_max_cost, 13);
+        assert_eq!(
+            config.policy.credential_failure_floor,
+            Duration::from_millis(80)
+        );
     }
 }

@@ -7,8 +7,9 @@
 //! bytes is constant-time.
 //!
 //! Stored forms (what `canonical` returns and the users table holds):
-//! - `$argon2id$…` / `$argon2i$…`: PHC strings, any parameters within bounds.
-//! - `$2a$…` / `$2b$…` / `$2y$…`: bcrypt, cost 4–31 (crate bounds).
+//! - `$argon2id$…` / `$argon2i$…`: PHC strings, costs within the caps
+//!   ([`LegacyHashLimits`]).
+//! - `$2a$…` / `$2b$…` / `$2y$…`: bcrypt, cost 4 up to the configured cap.
 //! - `$pbkdf2-sha256$i=N,l=L$salt$hash` / `$pbkdf2-sha512$…`: PHC strings.
 //! - `$salted-{sha256|sha1|md5}${before|after}$<salt hex>$<digest hex>`: one
 //!   digest of salt ‖ password (`before`) or password ‖ salt (`after`), as
@@ -26,11 +27,82 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
 
-/// Upper bounds on work factors, so that an imported hash cannot turn one
-/// login into a denial of service (memory or CPU).
-const MAX_ARGON2_MEMORY_KIB: u32 = 256 * 1024;
-const MAX_ARGON2_ITERATIONS: u32 = 64;
-const MAX_PBKDF2_ITERATIONS: u32 = 10_000_000;
+/// bcrypt cost cap: real systems use 10–12 (PHP's and Rails' default is 10,
+/// OWASP asks for at least 10); each step doubles the work, and 12 already
+/// costs ~250 ms on one core, so a higher stored cost is a lever on the pool.
+pub const DEFAULT_LEGACY_BCRYPT_MAX_COST: u32 = 12;
+/// PBKDF2 iterations cap (PHC strings and ASP.NET Identity v3): OWASP's
+/// 2023 figure for PBKDF2-HMAC-SHA256 is 600,000; 1M leaves room for
+/// SHA-1 tables tuned higher and is ~300 ms of one core.
+pub const DEFAULT_LEGACY_PBKDF2_MAX_ITERATIONS: u32 = 1_000_000;
+/// argon2 memory cap in KiB (64 MiB): RFC 9106's second recommendation; the
+/// pod's memory limit must hold one such area per hashing thread.
+pub const DEFAULT_LEGACY_ARGON2_MAX_MEMORY_KIB: u32 = 64 * 1024;
+/// argon2 passes cap: no published recommendation goes above 10.
+pub const DEFAULT_LEGACY_ARGON2_MAX_ITERATIONS: u32 = 10;
+
+/// The largest work factors a double write or an import may carry: every
+/// login with that email, by anyone, pays that cost on the hashing pool, so
+/// an unbounded cost is a denial-of-service lever. Above a cap the hash is
+/// refused with a reason naming it (400 / a rejects line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Args)]
+pub struct LegacyHashLimits {
+    /// Highest bcrypt cost accepted from the legacy system.
+    #[arg(
+        long = "legacy-bcrypt-max-cost",
+        env = "IDBASE_LEGACY_BCRYPT_MAX_COST",
+        default_value_t = DEFAULT_LEGACY_BCRYPT_MAX_COST,
+        value_parser = clap::value_parser!(u32).range(4..=31)
+    )]
+    pub bcrypt_max_cost: u32,
+    /// Highest PBKDF2 iteration count accepted (PHC and ASP.NET Identity v3).
+    #[arg(
+        long = "legacy-pbkdf2-max-iterations",
+        env = "IDBASE_LEGACY_PBKDF2_MAX_ITERATIONS",
+        default_value_t = DEFAULT_LEGACY_PBKDF2_MAX_ITERATIONS,
+        value_parser = clap::value_parser!(u32).range(1..=10_000_000)
+    )]
+    pub pbkdf2_max_iterations: u32,
+    /// Highest argon2 memory cost accepted, in KiB.
+    #[arg(
+        long = "legacy-argon2-max-memory-kib",
+        env = "IDBASE_LEGACY_ARGON2_MAX_MEMORY_KIB",
+        default_value_t = DEFAULT_LEGACY_ARGON2_MAX_MEMORY_KIB,
+        value_parser = clap::value_parser!(u32).range(8..=262_144)
+    )]
+    pub argon2_max_memory_kib: u32,
+    /// Highest argon2 pass count (t) accepted.
+    #[arg(
+        long = "legacy-argon2-max-iterations",
+        env = "IDBASE_LEGACY_ARGON2_MAX_ITERATIONS",
+        default_value_t = DEFAULT_LEGACY_ARGON2_MAX_ITERATIONS,
+        value_parser = clap::value_parser!(u32).range(1..=64)
+    )]
+    pub argon2_max_iterations: u32,
+}
+
+impl Default for LegacyHashLimits {
+    fn default() -> Self {
+        Self {
+            bcrypt_max_cost: DEFAULT_LEGACY_BCRYPT_MAX_COST,
+            pbkdf2_max_iterations: DEFAULT_LEGACY_PBKDF2_MAX_ITERATIONS,
+            argon2_max_memory_kib: DEFAULT_LEGACY_ARGON2_MAX_MEMORY_KIB,
+            argon2_max_iterations: DEFAULT_LEGACY_ARGON2_MAX_ITERATIONS,
+        }
+    }
+}
+
+impl LegacyHashLimits {
+    /// What login verifies: the highest value any setting accepts (the flags'
+    /// ranges), so that a row stored under a raised cap still verifies after
+    /// the cap is lowered again. Acceptance is where the real cap applies.
+    pub const VERIFY_CEILING: Self = Self {
+        bcrypt_max_cost: 31,
+        pbkdf2_max_iterations: 10_000_000,
+        argon2_max_memory_kib: 256 * 1024,
+        argon2_max_iterations: 64,
+    };
+}
 
 /// .NET's `Convert.FromBase64String` ignores non-zero trailing bits; decode
 /// as leniently so that every payload .NET accepts is accepted here.
@@ -133,8 +205,18 @@ impl Scheme {
     }
 }
 
-/// Checks a stored hash and returns its canonical stored form and scheme.
+/// Checks a stored hash and returns its canonical stored form and scheme,
+/// within the largest costs any setting accepts (what login verifies).
 pub fn canonical(stored: &str) -> Result<(String, Scheme), HashFormatError> {
+    canonical_within(stored, &LegacyHashLimits::VERIFY_CEILING)
+}
+
+/// Checks a hash offered by the legacy system (double write, import) against
+/// the configured caps and returns its canonical stored form and scheme.
+pub fn canonical_within(
+    stored: &str,
+    limits: &LegacyHashLimits,
+) -> Result<(String, Scheme), HashFormatError> {
     let stored = stored.trim();
     if stored.is_empty() {
         return Err(bad("password hash is empty"));
@@ -151,27 +233,31 @@ pub fn canonical(stored: &str) -> Result<(String, Scheme), HashFormatError> {
         });
     }
     if let Some(b64) = stored.strip_prefix("$aspnet-identity-v2$") {
-        return aspnet(b64).and_then(|s| expect_scheme(s, Scheme::AspNetV2, b64));
+        return aspnet(b64, limits).and_then(|s| expect_scheme(s, Scheme::AspNetV2, b64));
     }
     if let Some(b64) = stored.strip_prefix("$aspnet-identity-v3$") {
-        return aspnet(b64).and_then(|s| expect_scheme(s, Scheme::AspNetV3, b64));
+        return aspnet(b64, limits).and_then(|s| expect_scheme(s, Scheme::AspNetV3, b64));
     }
     if ["$2a$", "$2b$", "$2y$"]
         .iter()
         .any(|p| stored.starts_with(p))
     {
-        check_bcrypt(stored)?;
+        check_bcrypt(stored, limits)?;
         return Ok((stored.to_owned(), Scheme::Bcrypt));
     }
     if stored.starts_with('$') {
         let phc = PasswordHash::new(stored)
             .map_err(|e| bad(format!("unsupported scheme or malformed PHC string: {e}")))?;
-        let scheme = check_phc(&phc)?;
+        let scheme = check_phc(&phc, limits)?;
         return Ok((stored.to_owned(), scheme));
     }
     // A bare ASP.NET Identity payload (what AspNetUsers.PasswordHash holds).
-    let scheme = aspnet(stored).map_err(|_| {
-        bad("unsupported password hash scheme (see README: legacy password hashes)")
+    let scheme = aspnet(stored, limits).map_err(|e| {
+        if e.0.contains("above the accepted maximum") {
+            e
+        } else {
+            bad("unsupported password hash scheme (see README: legacy password hashes)")
+        }
     })?;
     let prefix = match scheme {
         Scheme::AspNetV2 => "$aspnet-identity-v2$",
@@ -261,7 +347,7 @@ fn parse_salted(rest: &str) -> Result<Salted, HashFormatError> {
     Ok((alg, pos, salt, digest))
 }
 
-fn check_bcrypt(stored: &str) -> Result<(), HashFormatError> {
+fn check_bcrypt(stored: &str, limits: &LegacyHashLimits) -> Result<(), HashFormatError> {
     // `$2b$12$` + 22 salt + 31 hash characters.
     let cost: u32 = stored
         .get(4..6)
@@ -270,17 +356,46 @@ fn check_bcrypt(stored: &str) -> Result<(), HashFormatError> {
     if !(4..=31).contains(&cost) || stored.len() != 60 || stored.as_bytes()[6] != b'$' {
         return Err(bad("malformed bcrypt hash"));
     }
+    if cost > limits.bcrypt_max_cost {
+        return Err(above_cap(
+            "bcrypt cost",
+            cost,
+            limits.bcrypt_max_cost,
+            "--legacy-bcrypt-max-cost",
+        ));
+    }
     Ok(())
 }
 
-fn check_phc(phc: &PasswordHash<'_>) -> Result<Scheme, HashFormatError> {
+/// The reason a hash above a cap is refused: the value, the cap and the
+/// setting that holds it, so an operator knows what to raise (or clean up).
+fn above_cap(what: &str, found: u32, cap: u32, flag: &str) -> HashFormatError {
+    bad(format!(
+        "{what} {found} is above the accepted maximum {cap} ({flag})"
+    ))
+}
+
+fn check_phc(phc: &PasswordHash<'_>, limits: &LegacyHashLimits) -> Result<Scheme, HashFormatError> {
     let alg = phc.algorithm.as_str();
     let scheme = match alg {
         "argon2id" | "argon2i" => {
             let params = argon2::Params::try_from(phc)
                 .map_err(|e| bad(format!("argon2 parameters: {e}")))?;
-            if params.m_cost() > MAX_ARGON2_MEMORY_KIB || params.t_cost() > MAX_ARGON2_ITERATIONS {
-                return Err(bad("argon2 cost is above the accepted maximum"));
+            if params.m_cost() > limits.argon2_max_memory_kib {
+                return Err(above_cap(
+                    "argon2 memory (KiB)",
+                    params.m_cost(),
+                    limits.argon2_max_memory_kib,
+                    "--legacy-argon2-max-memory-kib",
+                ));
+            }
+            if params.t_cost() > limits.argon2_max_iterations {
+                return Err(above_cap(
+                    "argon2 iterations",
+                    params.t_cost(),
+                    limits.argon2_max_iterations,
+                    "--legacy-argon2-max-iterations",
+                ));
             }
             if alg == "argon2id" {
                 Scheme::Argon2id
@@ -291,8 +406,13 @@ fn check_phc(phc: &PasswordHash<'_>) -> Result<Scheme, HashFormatError> {
         "pbkdf2-sha256" | "pbkdf2-sha512" => {
             let params = pbkdf2::Params::try_from(phc)
                 .map_err(|e| bad(format!("pbkdf2 parameters: {e}")))?;
-            if params.rounds > MAX_PBKDF2_ITERATIONS {
-                return Err(bad("pbkdf2 iterations are above the accepted maximum"));
+            if params.rounds > limits.pbkdf2_max_iterations {
+                return Err(above_cap(
+                    "pbkdf2 iterations",
+                    params.rounds,
+                    limits.pbkdf2_max_iterations,
+                    "--legacy-pbkdf2-max-iterations",
+                ));
             }
             Scheme::Pbkdf2
         }
@@ -306,13 +426,13 @@ fn check_phc(phc: &PasswordHash<'_>) -> Result<Scheme, HashFormatError> {
 
 /// Decodes an ASP.NET Identity payload far enough to know its version and to
 /// reject a malformed header.
-fn aspnet(b64: &str) -> Result<Scheme, HashFormatError> {
+fn aspnet(b64: &str, limits: &LegacyHashLimits) -> Result<Scheme, HashFormatError> {
     let raw = DOTNET_BASE64
         .decode(b64)
         .map_err(|_| bad("ASP.NET Identity hash is not base64"))?;
     match raw.first() {
         Some(0x00) if raw.len() == 1 + 16 + 32 => Ok(Scheme::AspNetV2),
-        Some(0x01) => aspnet_v3(&raw).map(|_| Scheme::AspNetV3),
+        Some(0x01) => aspnet_v3(&raw, limits).map(|_| Scheme::AspNetV3),
         _ => Err(bad("not an ASP.NET Identity v2/v3 payload")),
     }
 }
@@ -324,7 +444,10 @@ struct AspNetV3<'a> {
     subkey: &'a [u8],
 }
 
-fn aspnet_v3(raw: &[u8]) -> Result<AspNetV3<'_>, HashFormatError> {
+fn aspnet_v3<'a>(
+    raw: &'a [u8],
+    limits: &LegacyHashLimits,
+) -> Result<AspNetV3<'a>, HashFormatError> {
     let be = |at: usize| -> Option<u32> {
         raw.get(at..at + 4)
             .and_then(|b| b.try_into().ok())
@@ -341,8 +464,13 @@ fn aspnet_v3(raw: &[u8]) -> Result<AspNetV3<'_>, HashFormatError> {
     if prf > 2 || iterations == 0 || salt_len < 16 || subkey.len() < 16 || subkey.len() > 64 {
         return Err(malformed());
     }
-    if iterations > MAX_PBKDF2_ITERATIONS {
-        return Err(bad("pbkdf2 iterations are above the accepted maximum"));
+    if iterations > limits.pbkdf2_max_iterations {
+        return Err(above_cap(
+            "pbkdf2 iterations",
+            iterations,
+            limits.pbkdf2_max_iterations,
+            "--legacy-pbkdf2-max-iterations",
+        ));
     }
     Ok(AspNetV3 {
         prf,
@@ -402,7 +530,7 @@ fn verify_aspnet(pw: &[u8], raw: &[u8]) -> bool {
         pbkdf2::pbkdf2_hmac::<Sha1>(pw, salt, 1000, &mut out);
         return bool::from(out.as_slice().ct_eq(subkey));
     }
-    let Ok(v3) = aspnet_v3(raw) else {
+    let Ok(v3) = aspnet_v3(raw, &LegacyHashLimits::VERIFY_CEILING) else {
         return false;
     };
     let mut out = vec![0u8; v3.subkey.len()];
@@ -565,6 +693,33 @@ mod tests {
         .unwrap();
         assert!(verify("abc", &abc));
         assert!(salted("sha256", SaltPosition::After, b"s", "abcd").is_err());
+    }
+
+    #[test]
+    fn costs_above_the_caps_are_refused_naming_the_cap() {
+        let limits = LegacyHashLimits::default();
+        let bcrypt13 = "$2b$13$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW";
+        let err = canonical_within(bcrypt13, &limits).unwrap_err().to_string();
+        assert!(err.contains("--legacy-bcrypt-max-cost"), "{err}");
+        // Login still verifies what a raised cap once accepted.
+        assert!(canonical(bcrypt13).is_ok());
+        assert!(canonical_within(&bcrypt13.replace("$13$", "$12$"), &limits).is_ok());
+        // ASP.NET Identity v3 with 2M iterations: the PBKDF2 cap applies.
+        let mut v3 = vec![1u8];
+        v3.extend_from_slice(&1u32.to_be_bytes());
+        v3.extend_from_slice(&2_000_000u32.to_be_bytes());
+        v3.extend_from_slice(&16u32.to_be_bytes());
+        v3.extend_from_slice(&[0u8; 16 + 32]);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&v3);
+        for stored in [b64.clone(), format!("$aspnet-identity-v3${b64}")] {
+            let err = canonical_within(&stored, &limits).unwrap_err().to_string();
+            assert!(err.contains("--legacy-pbkdf2-max-iterations"), "{err}");
+        }
+        let raised = LegacyHashLimits {
+            pbkdf2_max_iterations: 2_000_000,
+            ..limits
+        };
+        assert_eq!(canonical_within(&b64, &raised).unwrap().1, Scheme::AspNetV3);
     }
 
     #[test]

@@ -314,7 +314,14 @@ impl HashingPool {
     ) -> Result<T, PoolFull> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
-            // The caller may have gone (request cancelled); nothing to do then.
+            // A caller that has gone while this waited in the queue (request
+            // cancelled, deadline passed) gets no work: otherwise a burst of
+            // abandoned logins against a costly hash keeps the pool busy
+            // long after their callers left.
+            if reply.is_closed() {
+                metrics::counter!("idbase_argon2_abandoned_total").increment(1);
+                return;
+            }
             let _ = reply.send(work());
         });
         let depth = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
@@ -389,6 +396,36 @@ mod tests {
                 Verification::MatchNeedsRehash
             )
         );
+    }
+
+    #[tokio::test]
+    async fn work_whose_caller_left_is_not_started() {
+        let pool = HashingPool::new(cheap(), 1, 4).unwrap();
+        // Hold the only worker until the abandoned job is queued behind it.
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let (started, on_worker) = tokio::sync::oneshot::channel::<()>();
+        let worker = pool.clone();
+        let busy = tokio::spawn(async move {
+            worker
+                .run(move || {
+                    let _ = started.send(());
+                    hold.recv().is_ok()
+                })
+                .await
+        });
+        on_worker.await.unwrap();
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&ran);
+        let abandoned = pool.run(move || flag.store(true, Ordering::SeqCst));
+        // Queued, then the caller gives up (as a cancelled request does).
+        let gave_up = tokio::time::timeout(std::time::Duration::from_millis(50), abandoned).await;
+        assert!(gave_up.is_err(), "the worker was held, so the job waited");
+        release.send(()).unwrap();
+        assert!(busy.await.unwrap().unwrap());
+        // The pool runs jobs in order: once this one answers, the abandoned
+        // job has been taken off the queue.
+        assert!(pool.run(|| true).await.unwrap());
+        assert!(!ran.load(Ordering::SeqCst), "abandoned work was started");
     }
 
     fn cheap() -> PasswordParams {

@@ -1,6 +1,7 @@
 //! Email addresses: normalised once, so lookups match however members type them.
 
 use super::Error;
+use email_address::{EmailAddress, Options};
 use std::fmt;
 
 /// Octet limits from RFC 5321 §4.5.3.1.
@@ -30,10 +31,44 @@ impl Email {
                 "local part is longer than 64 octets",
             ));
         }
-        if !email_address::EmailAddress::is_valid(&normalised) {
+        if !EmailAddress::is_valid(&normalised) {
             return Err(Error::invalid("email", "is not an email address"));
         }
         Ok(Self(normalised))
+    }
+
+    /// An address a member types into idbase (registration, email change):
+    /// only a plain addr-spec with a dotted domain. Display names, domain
+    /// literals and TLD-less domains make look-alike accounts
+    /// (`"X <victim@example.com>"`, `a@[127.0.0.1]`, `a@localhost`).
+    pub fn parse_strict(raw: &str) -> Result<Self, Error> {
+        let email = Self::parse(raw)?;
+        match email.nonconformity() {
+            Some(reason) => Err(Error::invalid("email", reason)),
+            None => Ok(email),
+        }
+    }
+
+    /// Why an address `parse` accepts (what the legacy system may hold) would
+    /// be refused by `parse_strict`; `None` for a plain dotted addr-spec.
+    pub fn nonconformity(&self) -> Option<&'static str> {
+        let strict = Options::default()
+            .without_display_text()
+            .without_domain_literal()
+            .with_required_tld();
+        match EmailAddress::parse_with_options(&self.0, strict) {
+            Ok(_) => None,
+            Err(email_address::Error::UnsupportedDisplayName) => {
+                Some("must be a plain address, without a display name")
+            }
+            Err(email_address::Error::UnsupportedDomainLiteral) => {
+                Some("must have a domain name, not an address literal")
+            }
+            Err(email_address::Error::DomainTooFew) => {
+                Some("domain must have a dot (a top-level domain)")
+            }
+            Err(_) => Some("is not a plain email address"),
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -95,6 +130,29 @@ mod tests {
             "a b@example.com",
         ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn strict_parse_takes_only_plain_dotted_addresses() {
+        for (raw, reason) in [
+            ("\"X\" <victim@example.com>", "display name"),
+            ("X <victim@example.com>", "display name"),
+            ("a@[127.0.0.1]", "address literal"),
+            ("a@localhost", "a dot"),
+        ] {
+            let lenient = Email::parse(raw).unwrap_or_else(|e| panic!("{raw:?}: {e}"));
+            assert!(
+                lenient.nonconformity().is_some_and(|r| r.contains(reason)),
+                "{raw:?}: {:?}",
+                lenient.nonconformity()
+            );
+            let err = Email::parse_strict(raw).unwrap_err().to_string();
+            assert!(err.contains(reason), "{raw:?}: {err}");
+        }
+        for good in ["hanako@example.com", "a.b+tag@mail.example.co.jp"] {
+            let email = Email::parse_strict(good).unwrap();
+            assert_eq!(email.nonconformity(), None);
         }
     }
 

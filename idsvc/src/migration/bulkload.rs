@@ -13,7 +13,7 @@ use super::progress::Progress;
 use super::source::{Record, Source};
 use super::store::{Claimant, MigrationStore};
 use super::transform::{LegacyRecord, Reject, Transformer};
-use crate::domain::{IdentityService, UserId};
+use crate::domain::{IdentityService, UserId, flag_nonconforming_email};
 use futures::{TryFutureExt, TryStreamExt, stream};
 use serde::Serialize;
 use std::sync::Arc;
@@ -28,6 +28,10 @@ pub struct BulkloadCounts {
     pub staged: u64,
     pub rejected: u64,
     pub duplicate_losers: u64,
+    /// Of `staged`: kept, but registration through idbase would refuse
+    /// their email (a warning line per member in the job's log).
+    #[serde(default)]
+    pub email_nonconforming: u64,
 }
 
 pub struct BulkloadOptions {
@@ -99,6 +103,12 @@ pub async fn run(
         counts.source_rows += batch.source_rows;
         counts.staged += batch.staged.len() as u64;
         counts.rejected += batch.rejects.len() as u64;
+        for record in &batch.staged {
+            if let Some(reason) = record.email_nonconformity {
+                counts.email_nonconforming += 1;
+                flag_nonconforming_email(record.row.id, JOB, reason);
+            }
+        }
         checkpoint::save(store, JOB, counts.source_rows as i64, false, &counts).await?;
         progress.advance(batch.source_rows);
     }

@@ -13,6 +13,9 @@ pub struct LegacyRecord {
     pub row: UserRow,
     /// Soft-deleted in the legacy table.
     pub deleted: bool,
+    /// Why the email would be refused by registration through idbase; the
+    /// row is kept as legacy stored it, and the job flags it.
+    pub email_nonconformity: Option<&'static str>,
 }
 
 /// A row that cannot be transformed: its id (as the source spells it) and why.
@@ -75,14 +78,15 @@ impl Transformer {
         now: Millis,
     ) -> Result<LegacyRecord, Reject> {
         let parsed = self.parse(record)?;
-        let mut row = service
-            .legacy_row(&parsed.user, now)
+        let (mut row, email_nonconformity) = service
+            .legacy_row_flagged(&parsed.user, now)
             .map_err(|e| parsed.reject(e.to_string()))?;
         row.created_at = parsed.created.unwrap_or(now);
         row.updated_at = parsed.updated.unwrap_or(row.created_at);
         Ok(LegacyRecord {
             row,
             deleted: parsed.key.deleted,
+            email_nonconformity,
         })
     }
 

@@ -210,6 +210,11 @@ async fn merge_batch(
         } else {
             None
         };
+        if let Legacy::Live { fields, .. } = legacy
+            && fields.email_nonconformity.is_some()
+        {
+            tally.email_nonconforming();
+        }
         match (legacy, stored) {
             (Legacy::Deleted { .. }, None) => tally.matched(true, false),
             (Legacy::Deleted { .. }, Some(_)) => tally.extra(id, "deleted_in_legacy"),

@@ -30,7 +30,7 @@ on_both_backends!(
     legacy_schemes_log_in_and_upgrade_to_argon2id,
 );
 
-fn principal_of(h: &Harness, access: &str) -> Principal {
+pub(crate) fn principal_of(h: &Harness, access: &str) -> Principal {
     let jwk = &h.service.public_keys()[0];
     let key = DecodingKey::from_ed_components(&jwk.x).unwrap();
     let mut validation = Validation::new(jsonwebtoken::Algorithm::EdDSA);

@@ -13,6 +13,7 @@ pub struct Harness {
     pub clock: Arc<ManualClock>,
     /// The store's URL, for jobs run through the `idbase migrate` CLI code.
     pub database_url: String,
+    policy: Policy,
     dir: tempfile::TempDir,
 }
 
@@ -74,18 +75,20 @@ impl Harness {
         // Cheap argon2 so the suite is fast; the parameters are still argon2id.
         let hashing = HashingPool::new(PasswordParams::CHEAP, 2, 256).unwrap();
         let service =
-            IdentityService::new(store.clone(), clock.clone(), &keys, hashing, policy).unwrap();
+            IdentityService::new(store.clone(), clock.clone(), &keys, hashing, policy.clone())
+                .unwrap();
         Self {
             service,
             store,
             clock,
             database_url: url,
+            policy,
             dir,
         }
     }
 
-    /// A second service over the same store and keys, shareable across tasks
-    /// (the migration jobs take an `Arc`).
+    /// A second service over the same store, keys and policy, shareable
+    /// across tasks (the migration jobs take an `Arc`).
     pub fn shared_service(&self) -> Arc<IdentityService> {
         let keys = KeyRing::load(&self.dir.path().join("keys")).unwrap();
         let hashing = HashingPool::new(PasswordParams::CHEAP, 2, 256).unwrap();
@@ -95,7 +98,7 @@ impl Harness {
                 self.clock.clone(),
                 &keys,
                 hashing,
-                Policy::default(),
+                self.policy.clone(),
             )
             .unwrap(),
         )

@@ -17,5 +17,6 @@ macro_rules! on_both_backends {
 }
 
 mod conformance;
+mod hardening;
 mod harness;
 mod migration;

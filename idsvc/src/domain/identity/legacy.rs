@@ -4,9 +4,9 @@
 //! compare rows exactly as a double write does.
 
 use super::IdentityService;
-use crate::crypto::legacy_hash;
+use crate::crypto::legacy_hash::{self, LegacyHashLimits};
 use crate::domain::{Email, Error, Millis, Phone, Result, UpsertOutcome, UserId, UserRow};
-use tracing::info;
+use tracing::{info, warn};
 
 /// A legacy member normalised and validated, not yet sealed.
 pub struct LegacyFields {
@@ -16,6 +16,10 @@ pub struct LegacyFields {
     pub phone: Option<Phone>,
     /// The canonical stored form (`crypto::legacy_hash`).
     pub password_hash: String,
+    /// Why the email would be refused by registration through idbase
+    /// (`Email::nonconformity`): kept, because a migration must not drop a
+    /// member legacy serves, but flagged for clean-up at the source.
+    pub email_nonconformity: Option<&'static str>,
 }
 
 /// A double write from the legacy system.
@@ -30,7 +34,10 @@ pub struct LegacyUser {
 impl IdentityService {
     /// Double write: upsert by legacy id, newest version wins.
     pub async fn upsert_legacy(&self, legacy: LegacyUser) -> Result<(UpsertOutcome, i64)> {
-        let row = self.legacy_row(&legacy, self.clock.now_ms())?;
+        let (row, email_nonconformity) = self.legacy_row_flagged(&legacy, self.clock.now_ms())?;
+        if let Some(reason) = email_nonconformity {
+            flag_nonconforming_email(legacy.id, "double_write", reason);
+        }
         Ok(self.store.upsert_legacy(&row).await?)
     }
 
@@ -38,11 +45,21 @@ impl IdentityService {
     /// blind-indexed exactly as a double write stores it. The migration jobs
     /// stage rows through here so both paths store the same thing.
     pub fn legacy_row(&self, legacy: &LegacyUser, now: Millis) -> Result<UserRow> {
+        self.legacy_row_flagged(legacy, now).map(|(row, _)| row)
+    }
+
+    /// `legacy_row`, and why its email would not be accepted by registration
+    /// through idbase (`None` when it would).
+    pub fn legacy_row_flagged(
+        &self,
+        legacy: &LegacyUser,
+        now: Millis,
+    ) -> Result<(UserRow, Option<&'static str>)> {
         let fields = self.legacy_fields(legacy)?;
         let sealed = self
             .seal(legacy.id, &fields.email, fields.phone.as_ref())
             .map_err(Error::internal)?;
-        Ok(UserRow {
+        let row = UserRow {
             id: legacy.id,
             email_sealed: sealed.email_sealed,
             email_index: fields.email_index.to_vec(),
@@ -51,7 +68,8 @@ impl IdentityService {
             version: legacy.version,
             created_at: now,
             updated_at: now,
-        })
+        };
+        Ok((row, fields.email_nonconformity))
     }
 
     /// A legacy member normalised and validated as `legacy_row` does, before
@@ -65,9 +83,11 @@ impl IdentityService {
             .filter(|p| !p.trim().is_empty())
             .map(Phone::parse)
             .transpose()?;
-        let password_hash = check_password_hash(&legacy.password_hash)?;
+        let password_hash =
+            check_password_hash(&legacy.password_hash, &self.policy.legacy_hash_limits)?;
         Ok(LegacyFields {
             email_index: self.index.email(email.as_str()),
+            email_nonconformity: email.nonconformity(),
             email,
             phone,
             password_hash,
@@ -123,10 +143,21 @@ fn validate_legacy_ids(id: UserId, version: i64) -> Result<()> {
     Ok(())
 }
 
-/// A double-written or imported hash must be in a scheme login can verify;
-/// it is stored in its canonical form (see `crypto::legacy_hash`).
-fn check_password_hash(hash: &str) -> Result<String> {
-    legacy_hash::canonical(hash)
+/// Counts and logs a legacy email that registration through idbase would
+/// refuse. The line carries the member id and the reason, never the address.
+pub fn flag_nonconforming_email(id: UserId, source: &'static str, reason: &'static str) {
+    metrics::counter!("idbase_legacy_email_nonconforming_total", "source" => source).increment(1);
+    warn!(
+        user_id = id,
+        source, reason, "legacy email kept as stored but does not conform; clean it up at the source"
+    );
+}
+
+/// A double-written or imported hash must be in a scheme login can verify,
+/// with a cost within the caps; it is stored in its canonical form (see
+/// `crypto::legacy_hash`).
+fn check_password_hash(hash: &str, limits: &LegacyHashLimits) -> Result<String> {
+    legacy_hash::canonical_within(hash, limits)
         .map(|(canonical, _)| canonical)
         .map_err(|e| Error::invalid("password_hash", e.to_string()))
 }

@@ -6,12 +6,14 @@ use crate::crypto::legacy_hash;
 use crate::crypto::password::Verification;
 use crate::domain::password::reject_oversized;
 use crate::domain::{Email, Error, Password, Result, UserRow};
+use tokio::time::Instant;
 use tracing::warn;
 use zeroize::Zeroizing;
 
 impl IdentityService {
     pub async fn login(&self, email: &str, password: &str) -> Result<TokenPair> {
         let email = Email::parse(email).map_err(|_| Error::InvalidCredentials)?;
+        let started = Instant::now();
         let throttle_key = self.index.login_throttle(email.as_str());
         self.policy
             .throttle
@@ -30,6 +32,8 @@ impl IdentityService {
             Err(_) => Verification::Mismatch,
         };
         let Some(user) = user.filter(|_| verification.matched()) else {
+            let stored = user.as_ref().map(|u| u.password_hash.as_str());
+            self.pad_failed_check(started, scheme_label(stored)).await;
             return Err(Error::InvalidCredentials);
         };
         self.policy
@@ -40,6 +44,21 @@ impl IdentityService {
             self.upgrade_hash(&user, password).await;
         }
         self.start_session(user.id).await
+    }
+
+    /// Pads a failed credential check (login, current password) with an
+    /// async sleep to the configured floor, measured from `started`, so its
+    /// duration does not tell an unknown email from a member, nor one hash
+    /// scheme from another. A check that already ran past the floor is not
+    /// padded but counted: the floor is then too low for that scheme.
+    pub(super) async fn pad_failed_check(&self, started: Instant, scheme: &'static str) {
+        let floor = self.policy.credential_failure_floor;
+        if started.elapsed() > floor {
+            metrics::counter!("idbase_credential_check_over_floor_total", "scheme" => scheme)
+                .increment(1);
+            return;
+        }
+        tokio::time::sleep_until(started + floor).await;
     }
 
     /// Records a security event raised at the edge (the gateway's login-anomaly
@@ -95,5 +114,13 @@ impl IdentityService {
             Ok(false) => {}
             Err(err) => warn!(user_id = user.id, cause = %err, "password rehash not stored"),
         }
+    }
+}
+
+/// The metrics label of a stored hash's scheme; `none` for an unknown email.
+pub(super) fn scheme_label(stored: Option<&str>) -> &'static str {
+    match stored {
+        None => "none",
+        Some(stored) => legacy_hash::canonical(stored).map_or("unknown", |(_, s)| s.label()),
     }
 }

@@ -10,13 +10,14 @@ mod profile;
 mod register;
 mod tokens;
 
-pub use legacy::{LegacyFields, LegacyUser};
+pub use legacy::{LegacyFields, LegacyUser, flag_nonconforming_email};
 pub use register::{IdempotencyKey, REGISTRATION_KEY_TTL};
 
 use super::{
     Clock, Email, Error, Millis, Password, Phone, Result, SealedPii, Store, ThrottlePolicy, UserId,
     UserRow,
 };
+use crate::crypto::legacy_hash::LegacyHashLimits;
 use crate::crypto::password::{PoolFull, Verification};
 use crate::crypto::pii::Field;
 use crate::crypto::tokens::{self as token_crypto, PublicKey};
@@ -35,6 +36,16 @@ pub const DEFAULT_REFRESH_TTL_DAYS: u64 = 30;
 /// that missed our answer to retry, short enough that a thief cannot use it.
 pub const DEFAULT_REFRESH_GRACE_SECS: u64 = 10;
 
+/// The least time a failed credential check (login, current password) takes,
+/// measured from its start; failures are padded to it with an async sleep.
+/// It hides which hash a member has (or that there is none): a legacy bcrypt
+/// at cost 12, a 1M-iteration PBKDF2 or a 64 MiB argon2 (the default caps'
+/// costliest) plus our argon2id takes ~250 ms on one production core,
+/// and the password-as-typed retry for members whose password NFKC changes
+/// is two such checks only for the cheap schemes. Work that runs past the
+/// floor is counted in `idbase_credential_check_over_floor_total`.
+pub const DEFAULT_CREDENTIAL_FAILURE_FLOOR_MS: u64 = 250;
+
 /// Tunable rules, with defaults from NIST SP 800-63B, OWASP ASVS and RFC 9700
 /// (the `DEFAULT_*` constants, which the flags use too).
 #[derive(Clone, Debug)]
@@ -45,6 +56,11 @@ pub struct Policy {
     /// How long a just-rotated refresh token may be presented again.
     pub refresh_grace: Duration,
     pub throttle: ThrottlePolicy,
+    /// The costliest legacy hash a double write or an import may carry.
+    pub legacy_hash_limits: LegacyHashLimits,
+    /// Failed credential checks take at least this long (timing hides
+    /// which accounts exist and which hash scheme they have).
+    pub credential_failure_floor: Duration,
 }
 
 impl Default for Policy {
@@ -55,6 +71,8 @@ impl Default for Policy {
             refresh_ttl: days(DEFAULT_REFRESH_TTL_DAYS),
             refresh_grace: Duration::from_secs(DEFAULT_REFRESH_GRACE_SECS),
             throttle: ThrottlePolicy::default(),
+            legacy_hash_limits: LegacyHashLimits::default(),
+            credential_failure_floor: Duration::from_millis(DEFAULT_CREDENTIAL_FAILURE_FLOOR_MS),
         }
     }
 }

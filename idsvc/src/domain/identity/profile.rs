@@ -14,7 +14,7 @@ impl IdentityService {
     pub async fn update_me(&self, principal: &Principal, changes: UserChanges) -> Result<User> {
         let row = self.session_user(principal).await?;
         let current = self.user_from(&row)?;
-        let email = changes.email.as_deref().map(Email::parse).transpose()?;
+        let email = changes.email.as_deref().map(Email::parse_strict).transpose()?;
         let phone = match changes.phone.as_deref() {
             None => current.phone.clone(),
             Some(raw) if raw.trim().is_empty() => None,
@@ -95,18 +95,24 @@ impl IdentityService {
 
     /// Checks the current password before a sensitive change, under the same
     /// throttle as logins so a stolen access token cannot guess it.
+    /// A wrong password takes the same padded time as a failed login.
     async fn confirm_password(&self, row: &UserRow, email: &Email, password: &str) -> Result<()> {
+        let started = tokio::time::Instant::now();
         let key = self.index.login_throttle(email.as_str());
         self.policy
             .throttle
             .begin_attempt(&*self.store, &*self.clock, &key)
             .await?;
-        reject_oversized(password).map_err(|_| Error::WrongCurrentPassword)?;
-        if !self
-            .verify(password, row.password_hash.clone())
-            .await?
-            .matched()
-        {
+        let matched = match reject_oversized(password) {
+            Ok(()) => self
+                .verify(password, row.password_hash.clone())
+                .await?
+                .matched(),
+            Err(_) => false,
+        };
+        if !matched {
+            let scheme = super::login::scheme_label(Some(&row.password_hash));
+            self.pad_failed_check(started, scheme).await;
             return Err(Error::WrongCurrentPassword);
         }
         self.policy.throttle.succeeded(&*self.store, &key).await

@@ -57,7 +57,7 @@ impl IdentityService {
         phone: Option<&str>,
     ) -> Result<User> {
         reject_oversized(password)?;
-        let email = Email::parse(email)?;
+        let email = Email::parse_strict(email)?;
         let phone = phone.map(Phone::parse).transpose()?;
         let password = Password::new_for(password, &email, self.policy.min_password_chars)?;
         let now = self.clock.now_ms();

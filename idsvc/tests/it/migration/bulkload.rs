@@ -108,6 +108,7 @@ async fn stages_rejects_resolves_duplicates_and_resumes(backend: Backend) {
         staged: 383,
         rejected: 1,
         duplicate_losers: 0,
+        email_nonconforming: 0,
     };
     checkpoint::save(&*h.store, bulkload::JOB, 384, false, &partial)
         .await

@@ -6,6 +6,7 @@
 mod backfill;
 mod bulkload;
 mod double_writes;
+mod flagged;
 mod purge;
 mod source;
 mod validate;
