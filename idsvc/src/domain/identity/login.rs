@@ -31,9 +31,9 @@ impl IdentityService {
             }
             Err(_) => Verification::Mismatch,
         };
+        let scheme = scheme_label(user.as_ref().map(|u| u.password_hash.as_str()));
         let Some(user) = user.filter(|_| verification.matched()) else {
-            let stored = user.as_ref().map(|u| u.password_hash.as_str());
-            self.pad_failed_check(started, scheme_label(stored)).await;
+            self.pad_failed_check(started, scheme).await;
             return Err(Error::InvalidCredentials);
         };
         self.policy
