@@ -7,8 +7,9 @@ use crate::crypto::PasswordParams;
 use crate::crypto::legacy_hash::LegacyHashLimits;
 use crate::crypto::password::DEFAULT_ARGON2_QUEUE;
 use crate::domain::{
-    DEFAULT_ACCESS_TTL_SECS, DEFAULT_CREDENTIAL_FAILURE_FLOOR_MS, DEFAULT_LOGIN_FAILURE_LIMIT, DEFAULT_MIN_PASSWORD_CHARS,
-    DEFAULT_REFRESH_GRACE_SECS, DEFAULT_REFRESH_TTL_DAYS, Policy, ThrottlePolicy, days,
+    DEFAULT_ACCESS_TTL_SECS, DEFAULT_CREDENTIAL_FAILURE_FLOOR_MS, DEFAULT_LOGIN_FAILURE_LIMIT,
+    DEFAULT_MIN_PASSWORD_CHARS, DEFAULT_REFRESH_GRACE_SECS, DEFAULT_REFRESH_TTL_DAYS, Policy,
+    ThrottlePolicy, days,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -14,10 +14,9 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use email::{Email, mask_email};
 pub use error::{Error, Result};
 pub use identity::{
-    DEFAULT_ACCESS_TTL_SECS, DEFAULT_CREDENTIAL_FAILURE_FLOOR_MS, DEFAULT_REFRESH_GRACE_SECS, DEFAULT_REFRESH_TTL_DAYS, IdempotencyKey,
-    IdentityService, LegacyFields, LegacyUser, Policy,
-    flag_nonconforming_email, Principal, REGISTRATION_KEY_TTL, TokenPair,
-    User, UserChanges, days,
+    DEFAULT_ACCESS_TTL_SECS, DEFAULT_CREDENTIAL_FAILURE_FLOOR_MS, DEFAULT_REFRESH_GRACE_SECS,
+    DEFAULT_REFRESH_TTL_DAYS, IdempotencyKey, IdentityService, LegacyFields, LegacyUser, Policy,
+    Principal, REGISTRATION_KEY_TTL, TokenPair, User, UserChanges, days, flag_nonconforming_email,
 };
 pub use password::{DEFAULT_MIN_PASSWORD_CHARS, MAX_PASSWORD_CHARS, Password};
 pub use phone::Phone;

@@ -100,11 +100,7 @@ async fn a_raised_cap_accepts_the_costlier_hash() {
 #[tokio::test]
 async fn only_plain_dotted_addresses_are_typed_into_idbase() {
     let h = Harness::new(Backend::Sqlite).await;
-    let look_alikes = [
-        "\"X\" <victim@example.com>",
-        "a@[127.0.0.1]",
-        "a@localhost",
-    ];
+    let look_alikes = ["\"X\" <victim@example.com>", "a@[127.0.0.1]", "a@localhost"];
     for raw in look_alikes {
         match h.service.register(raw, PASSWORD, None).await {
             Err(Error::Invalid { field: "email", .. }) => {}
@@ -183,7 +179,13 @@ fn legacy_hashes() -> Vec<(&'static str, String)> {
         }
     };
     let salted_hash = |alg: &str| {
-        salted(alg, SaltPosition::Before, b"NaCl", &digest(alg, b"NaCl", PASSWORD)).unwrap()
+        salted(
+            alg,
+            SaltPosition::Before,
+            b"NaCl",
+            &digest(alg, b"NaCl", PASSWORD),
+        )
+        .unwrap()
     };
     let pbkdf2 = |iterations: u32| {
         let salt = [7u8; 16];
@@ -277,7 +279,10 @@ async fn failed_logins_take_the_same_time_whatever_the_account() {
     }
     let mut paths = Vec::new();
     for (label, email) in accounts {
-        for wrong in ["wrong horse battery", "ｗｒｏｎｇ　ｈｏｒｓｅ　ｂａｔｔｅｒｙ"] {
+        for wrong in [
+            "wrong horse battery",
+            "ｗｒｏｎｇ　ｈｏｒｓｅ　ｂａｔｔｅｒｙ",
+        ] {
             paths.push((format!("{label} / {wrong}"), email.clone(), wrong));
         }
     }

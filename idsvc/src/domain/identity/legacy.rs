@@ -149,7 +149,9 @@ pub fn flag_nonconforming_email(id: UserId, source: &'static str, reason: &'stat
     metrics::counter!("idbase_legacy_email_nonconforming_total", "source" => source).increment(1);
     warn!(
         user_id = id,
-        source, reason, "legacy email kept as stored but does not conform; clean it up at the source"
+        source,
+        reason,
+        "legacy email kept as stored but does not conform; clean it up at the source"
     );
 }
 

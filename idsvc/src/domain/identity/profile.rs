@@ -14,7 +14,11 @@ impl IdentityService {
     pub async fn update_me(&self, principal: &Principal, changes: UserChanges) -> Result<User> {
         let row = self.session_user(principal).await?;
         let current = self.user_from(&row)?;
-        let email = changes.email.as_deref().map(Email::parse_strict).transpose()?;
+        let email = changes
+            .email
+            .as_deref()
+            .map(Email::parse_strict)
+            .transpose()?;
         let phone = match changes.phone.as_deref() {
             None => current.phone.clone(),
             Some(raw) if raw.trim().is_empty() => None,

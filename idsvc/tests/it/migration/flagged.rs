@@ -84,8 +84,13 @@ async fn caps_reject_and_nonconforming_emails_are_flagged(backend: Backend) {
             .map(|r| r.1.clone())
             .unwrap_or_else(|| panic!("no reject for {id}: {rejects:?}"))
     };
-    assert!(reason("2").contains("bcrypt cost 13 is above the accepted maximum 12 (--legacy-bcrypt-max-cost)"));
-    assert!(reason("3").contains("pbkdf2 iterations 2000000 is above the accepted maximum 1000000"));
+    assert!(
+        reason("2")
+            .contains("bcrypt cost 13 is above the accepted maximum 12 (--legacy-bcrypt-max-cost)")
+    );
+    assert!(
+        reason("3").contains("pbkdf2 iterations 2000000 is above the accepted maximum 1000000")
+    );
     assert!(reason("4").contains("argon2 memory (KiB) 131072 is above the accepted maximum 65536"));
     assert_eq!(rejects.len(), 3);
 
