@@ -250,6 +250,33 @@ async fn clients_and_double_writes() {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A legacy hash above a cost cap is refused with the cap named.
+    for (n, (costly, cap)) in [
+        (
+            "$2b$13$CCCCCCCCCCCCCCCCCCCCC.E5YPO9kmyuRGyh0XouQYb4YMJKvyOeW",
+            "--legacy-bcrypt-max-cost",
+        ),
+        (
+            "$pbkdf2-sha256$i=2000000,l=32$c2FsdHNhbHRzYWx0c2FsdA$BBs+1+PaslLtBPULUr8/lQicvVuHiEPMz0i8MjLCbzM",
+            "--legacy-pbkdf2-max-iterations",
+        ),
+        (
+            "$argon2id$v=19$m=131072,t=2,p=1$c29tZXNhbHQ$CTFhFdXPJO1aFaMaO6Mm5c8y7cJHAph8ArZWb2GRPPc",
+            "--legacy-argon2-max-memory-kib",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (status, body) = api
+            .send(
+                api.req(reqwest::Method::PUT, &format!("/internal/v1/users/{}", 600 + n), internal)
+                    .json(&json!({"email": format!("c{n}@example.com"), "phone": null, "password_hash": costly, "version": 1})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.to_string().contains(cap), "{body}");
+    }
 }
 
 #[tokio::test]
