@@ -38,12 +38,12 @@ pub const DEFAULT_REFRESH_GRACE_SECS: u64 = 10;
 
 /// The least time a failed credential check (login, current password) takes,
 /// measured from its start; failures are padded to it with an async sleep.
-/// It hides which hash a member has (or that there is none): a legacy bcrypt
-/// at cost 12, a 1M-iteration PBKDF2 or a 64 MiB argon2 (the default caps'
-/// costliest) plus our argon2id takes ~250 ms on one production core,
-/// and the password-as-typed retry for members whose password NFKC changes
-/// is two such checks only for the cheap schemes. Work that runs past the
-/// floor is counted in `idbase_credential_check_over_floor_total`.
+/// It hides which hash a member has (or that there is none). 250 ms holds the
+/// legacy costs real systems use (bcrypt 10–11, PBKDF2 up to OWASP's 600,000,
+/// ASP.NET Identity's 10,000–100,000) plus our argon2id, twice for the cheap
+/// schemes when NFKC changes the password, on one production core. Hashes
+/// near the caps (bcrypt 12, 1M PBKDF2, 64 MiB argon2) can run past it; those
+/// are counted in `idbase_credential_check_over_floor_total{scheme}`.
 pub const DEFAULT_CREDENTIAL_FAILURE_FLOOR_MS: u64 = 250;
 
 /// Tunable rules, with defaults from NIST SP 800-63B, OWASP ASVS and RFC 9700
