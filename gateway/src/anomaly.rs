@@ -12,6 +12,7 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use idbase_proto::ProblemType;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use tracing::{info, warn};
@@ -240,8 +241,7 @@ pub async fn watch(
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |s| s.0);
     if let Some(secs) = anomaly.blocked(ip) {
         let mut response = Problem::new(
-            StatusCode::FORBIDDEN,
-            "blocked",
+            ProblemType::Blocked,
             "too many failed logins from this address".to_owned(),
         )
         .retry_after(secs)

@@ -17,6 +17,7 @@ pub mod trace;
 use crate::problem::Problem;
 use budget::RetryBudget;
 use ejection::EjectionPolicy;
+use idbase_proto::problem::{PROBLEM_METADATA_KEY, REQUEST_ID_METADATA_KEY};
 use idbase_proto::v1::{self as pb, identity_client::IdentityClient};
 use pool::{Endpoint, Pool};
 use std::future::Future;
@@ -176,7 +177,7 @@ enum Failure {
 /// UNKNOWN / INTERNAL that tonic gives a connection reset mid-call (an idsvc
 /// killed while answering) are transport when it is missing.
 fn failure_of(status: &Status) -> Option<Failure> {
-    if status.metadata().get("idbase-problem").is_some() {
+    if status.metadata().get(PROBLEM_METADATA_KEY).is_some() {
         return None;
     }
     match status.code() {
@@ -328,7 +329,9 @@ impl Upstream {
 pub fn call<T>(message: T, request_id: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     if let Ok(value) = request_id.parse() {
-        request.metadata_mut().insert("x-request-id", value);
+        request
+            .metadata_mut()
+            .insert(REQUEST_ID_METADATA_KEY, value);
     }
     request
 }
@@ -353,7 +356,7 @@ mod tests {
         assert_eq!(failure_of(&status), Some(Failure::MaybeSent));
         status
             .metadata_mut()
-            .insert("idbase-problem", "overloaded".parse().unwrap());
+            .insert(PROBLEM_METADATA_KEY, "overloaded".parse().unwrap());
         assert_eq!(failure_of(&status), None);
         assert_eq!(failure_of(&Status::not_found("x")), None);
     }
