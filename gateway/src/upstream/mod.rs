@@ -27,6 +27,24 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+// Defaults: Envoy's where Envoy has one.
+/// Far above a healthy read (milliseconds), so only a stuck try moves on.
+pub const DEFAULT_PER_TRY_TIMEOUT_MS: u64 = 1_000;
+/// Fits a queued argon2 hash and stays inside idsvc's 10 s refresh grace window.
+pub const DEFAULT_DEADLINE_MS: u64 = 10_000;
+/// Envoy's retry budget: retries add at most a fifth to the load in an outage.
+pub const DEFAULT_RETRY_BUDGET_PERCENT: u32 = 20;
+/// Envoy's floor, so a quiet gateway can still retry.
+pub const DEFAULT_MIN_RETRIES_PER_SEC: u32 = 10;
+/// Envoy's `consecutive_5xx`: a few failures in a row, not one blip.
+pub const DEFAULT_EJECT_AFTER: u32 = 5;
+/// Envoy's `base_ejection_time`.
+pub const DEFAULT_BASE_EJECTION_MS: u64 = 30_000;
+/// Envoy's `max_ejection_time`.
+pub const DEFAULT_MAX_EJECTION_MS: u64 = 300_000;
+/// Often enough that a recovered cluster is back within a second.
+pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 1_000;
+
 /// Flags for the way to idsvc (`idbase gateway`).
 #[derive(Clone, Debug, clap::Args)]
 pub struct UpstreamArgs {
@@ -37,48 +55,48 @@ pub struct UpstreamArgs {
     #[arg(
         long,
         env = "IDBASE_UPSTREAM_PER_TRY_TIMEOUT_MS",
-        default_value_t = 1_000
+        default_value_t = DEFAULT_PER_TRY_TIMEOUT_MS
     )]
     pub upstream_per_try_timeout_ms: u64,
     /// Longest a whole call may take, retries included.
-    #[arg(long, env = "IDBASE_UPSTREAM_DEADLINE_MS", default_value_t = 10_000)]
+    #[arg(long, env = "IDBASE_UPSTREAM_DEADLINE_MS", default_value_t = DEFAULT_DEADLINE_MS)]
     pub upstream_deadline_ms: u64,
     /// Retries may add at most this percentage on top of the request rate.
     #[arg(
         long,
         env = "IDBASE_UPSTREAM_RETRY_BUDGET_PERCENT",
-        default_value_t = 20
+        default_value_t = DEFAULT_RETRY_BUDGET_PERCENT
     )]
     pub upstream_retry_budget_percent: u32,
     /// Retries per second allowed regardless of the budget (low traffic).
     #[arg(
         long,
         env = "IDBASE_UPSTREAM_MIN_RETRIES_PER_SEC",
-        default_value_t = 10
+        default_value_t = DEFAULT_MIN_RETRIES_PER_SEC
     )]
     pub upstream_min_retries_per_sec: u32,
     /// Consecutive failures that eject an endpoint.
-    #[arg(long, env = "IDBASE_UPSTREAM_EJECT_AFTER", default_value_t = 5)]
+    #[arg(long, env = "IDBASE_UPSTREAM_EJECT_AFTER", default_value_t = DEFAULT_EJECT_AFTER)]
     pub upstream_eject_after: u32,
     /// First ejection time; the k-th recent ejection lasts k times this.
     #[arg(
         long,
         env = "IDBASE_UPSTREAM_BASE_EJECTION_MS",
-        default_value_t = 30_000
+        default_value_t = DEFAULT_BASE_EJECTION_MS
     )]
     pub upstream_base_ejection_ms: u64,
     /// Longest ejection.
     #[arg(
         long,
         env = "IDBASE_UPSTREAM_MAX_EJECTION_MS",
-        default_value_t = 300_000
+        default_value_t = DEFAULT_MAX_EJECTION_MS
     )]
     pub upstream_max_ejection_ms: u64,
     /// How often ejected endpoints are health-checked once their time is up.
     #[arg(
         long,
         env = "IDBASE_UPSTREAM_HEALTH_INTERVAL_MS",
-        default_value_t = 1_000
+        default_value_t = DEFAULT_HEALTH_INTERVAL_MS
     )]
     pub upstream_health_interval_ms: u64,
 }
@@ -106,22 +124,21 @@ impl UpstreamConfig {
 }
 
 impl Default for UpstreamConfig {
-    /// Envoy's defaults where Envoy has one; a per-try timeout far above a
-    /// healthy read (milliseconds) and a deadline that fits a queued argon2
-    /// hash and stays inside idsvc's 10 s refresh grace window.
+    /// The flags' defaults (`DEFAULT_*`).
     fn default() -> Self {
+        let ms = Duration::from_millis;
         Self {
             endpoints: Vec::new(),
-            per_try_timeout: Duration::from_secs(1),
-            deadline: Duration::from_secs(10),
-            retry_budget_percent: 20,
-            min_retries_per_sec: 10,
+            per_try_timeout: ms(DEFAULT_PER_TRY_TIMEOUT_MS),
+            deadline: ms(DEFAULT_DEADLINE_MS),
+            retry_budget_percent: DEFAULT_RETRY_BUDGET_PERCENT,
+            min_retries_per_sec: DEFAULT_MIN_RETRIES_PER_SEC,
             ejection: EjectionPolicy {
-                consecutive_failures: 5,
-                base: Duration::from_secs(30),
-                max: Duration::from_secs(300),
+                consecutive_failures: DEFAULT_EJECT_AFTER,
+                base: ms(DEFAULT_BASE_EJECTION_MS),
+                max: ms(DEFAULT_MAX_EJECTION_MS),
             },
-            health_interval: Duration::from_secs(1),
+            health_interval: ms(DEFAULT_HEALTH_INTERVAL_MS),
         }
     }
 }
