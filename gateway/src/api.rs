@@ -230,7 +230,8 @@ fn json_integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64
     // The range check is on the float: i64::MAX as f64 rounds up to 2^63.
     const LIMIT: f64 = 9_223_372_036_854_775_808.0;
     match number.as_f64() {
-        Some(float) if float.fract() == 0.0 && (-LIMIT..LIMIT).contains(&float) => {
+        Some(float) if float.fract() == 0.0 && (-LIMIT..LIMIT).contains(&float) =>
+        {
             #[allow(clippy::cast_possible_truncation, reason = "integral and in range")]
             Ok(float as i64)
         }

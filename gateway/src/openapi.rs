@@ -2,9 +2,9 @@
 
 use crate::routes::{internal, meta, sessions, users};
 use idbase_proto::ProblemType;
+use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::RefOr;
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
@@ -82,13 +82,16 @@ impl Modify for DependentRequired {
         else {
             return;
         };
-        update.extensions.get_or_insert_with(Default::default).insert(
-            "dependentRequired".to_owned(),
-            serde_json::json!({
-                "email": ["current_password"],
-                "password": ["current_password"],
-            }),
-        );
+        update
+            .extensions
+            .get_or_insert_with(Default::default)
+            .insert(
+                "dependentRequired".to_owned(),
+                serde_json::json!({
+                    "email": ["current_password"],
+                    "password": ["current_password"],
+                }),
+            );
     }
 }
 
@@ -121,7 +124,10 @@ mod tests {
         assert_eq!(register["password"]["maxLength"], 128);
         assert_eq!(register["email"]["format"], "email");
         assert_eq!(register["email"]["maxLength"], 254);
-        assert_eq!(schemas["LegacyUserBody"]["properties"]["version"]["minimum"], 0);
+        assert_eq!(
+            schemas["LegacyUserBody"]["properties"]["version"]["minimum"],
+            0
+        );
         let item = &doc["paths"]["/internal/v1/users/{id}"];
         for method in ["put", "delete"] {
             let id = &item[method]["parameters"][0];
