@@ -9,6 +9,7 @@ use super::UpstreamConfig;
 use super::budget::RetryBudget;
 use super::ejection::{EjectionPolicy, Outlier};
 use idbase_proto::v1::identity_client::IdentityClient;
+use metrics::{Counter, Gauge};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -42,6 +43,29 @@ pub struct Endpoint {
     pub url: Arc<str>,
     channel: Channel,
     outlier: Mutex<Outlier>,
+    metrics: EndpointMetrics,
+}
+
+/// The endpoint's series, registered once: counting a try allocates nothing.
+struct EndpointMetrics {
+    requests: Counter,
+    retries: Counter,
+    failures: Counter,
+    ejections: Counter,
+    state: Gauge,
+}
+
+impl EndpointMetrics {
+    fn register(url: &str) -> Self {
+        let label = || [("endpoint", url.to_owned())];
+        Self {
+            requests: metrics::counter!("idbase_upstream_requests_total", &label()),
+            retries: metrics::counter!("idbase_upstream_retries_total", &label()),
+            failures: metrics::counter!("idbase_upstream_failures_total", &label()),
+            ejections: metrics::counter!("idbase_upstream_ejections_total", &label()),
+            state: metrics::gauge!("idbase_upstream_state", &label()),
+        }
+    }
 }
 
 impl Endpoint {
@@ -55,6 +79,7 @@ impl Endpoint {
             url: url.into(),
             channel,
             outlier: Mutex::default(),
+            metrics: EndpointMetrics::register(url),
         });
         endpoint.publish_state(true);
         Ok(endpoint)
@@ -78,13 +103,11 @@ impl Endpoint {
     }
 
     pub fn count_request(&self) {
-        metrics::counter!("idbase_upstream_requests_total", "endpoint" => self.url.to_string())
-            .increment(1);
+        self.metrics.requests.increment(1);
     }
 
     pub fn count_retry(&self) {
-        metrics::counter!("idbase_upstream_retries_total", "endpoint" => self.url.to_string())
-            .increment(1);
+        self.metrics.retries.increment(1);
     }
 
     pub fn on_success(&self) {
@@ -92,12 +115,10 @@ impl Endpoint {
     }
 
     pub fn on_failure(&self, policy: &EjectionPolicy) {
-        metrics::counter!("idbase_upstream_failures_total", "endpoint" => self.url.to_string())
-            .increment(1);
+        self.metrics.failures.increment(1);
         if self.outlier().on_failure(policy, Instant::now()) {
             warn!(endpoint = %self.url, "idsvc endpoint ejected");
-            metrics::counter!("idbase_upstream_ejections_total", "endpoint" => self.url.to_string())
-                .increment(1);
+            self.metrics.ejections.increment(1);
             self.publish_state(false);
         }
     }
@@ -111,8 +132,7 @@ impl Endpoint {
     }
 
     fn publish_state(&self, in_rotation: bool) {
-        metrics::gauge!("idbase_upstream_state", "endpoint" => self.url.to_string())
-            .set(if in_rotation { 1.0 } else { 0.0 });
+        self.metrics.state.set(if in_rotation { 1.0 } else { 0.0 });
     }
 
     /// `grpc.health.v1` for the whole server (the empty service name, which
