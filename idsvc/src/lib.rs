@@ -80,6 +80,8 @@ pub struct IdsvcArgs {
     #[arg(long, env = "IDBASE_METRICS")]
     pub metrics: Option<SocketAddr>,
     #[command(flatten)]
+    pub transport: grpc::TransportArgs,
+    #[command(flatten)]
     pub policy: PolicyArgs,
 }
 
@@ -113,18 +115,23 @@ pub fn service_over(
     Ok(Arc::new(service))
 }
 
-/// Serves idsvc on the given listeners until `shutdown` is cancelled.
+/// Serves idsvc on the given listeners until `shutdown` is cancelled;
+/// `probes`, if given, serves plain-text health for kubelet probes.
 pub async fn serve(
     service: Arc<IdentityService>,
     grpc: TcpListener,
     admin: TcpListener,
+    transport: grpc::Transport,
+    probes: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    info!(grpc = %grpc.local_addr()?, admin = %admin.local_addr()?, "idsvc listening");
+    let tls = matches!(transport, grpc::Transport::Mtls { .. });
+    info!(grpc = %grpc.local_addr()?, admin = %admin.local_addr()?, tls, "idsvc listening");
+    transport.watch(shutdown.clone());
     let housekeeping = tokio::spawn(purge_periodically(Arc::clone(&service), shutdown.clone()));
     let (identity, admin) = tokio::join!(
-        grpc::serve_identity(service, grpc, shutdown.clone()),
-        grpc::serve_admin(admin, shutdown.clone()),
+        grpc::serve_identity(service, grpc, transport.clone(), probes, shutdown.clone()),
+        grpc::serve_admin(admin, transport, shutdown.clone()),
     );
     shutdown.cancel();
     housekeeping.await.ok();
@@ -139,14 +146,20 @@ pub async fn run(args: IdsvcArgs, shutdown: CancellationToken) -> anyhow::Result
             .install()
             .context("starting the metrics listener")?;
     }
+    // TLS files are checked before the database is touched: a bad mount fails fast.
+    let transport = grpc::Transport::from_args(&args.transport, &[args.grpc, args.admin_grpc])?;
     let service = build_service(&args.database_url, &args.keys_dir, &args.policy).await?;
+    let probes = match args.transport.health_grpc {
+        Some(addr) => Some(grpc::transport::bind(addr).await?),
+        None => None,
+    };
     let grpc = TcpListener::bind(args.grpc)
         .await
         .with_context(|| format!("binding {}", args.grpc))?;
     let admin = TcpListener::bind(args.admin_grpc)
         .await
         .with_context(|| format!("binding {}", args.admin_grpc))?;
-    serve(service, grpc, admin, shutdown).await
+    serve(service, grpc, admin, transport, probes, shutdown).await
 }
 
 async fn purge_periodically(service: Arc<IdentityService>, shutdown: CancellationToken) {

@@ -12,6 +12,7 @@ pub mod budget;
 pub mod ejection;
 pub mod health;
 pub mod pool;
+pub mod tls;
 pub mod trace;
 
 use crate::problem::Problem;
@@ -80,6 +81,8 @@ pub struct UpstreamArgs {
         default_value_t = 1_000
     )]
     pub upstream_health_interval_ms: u64,
+    #[command(flatten)]
+    pub tls: tls::UpstreamTlsArgs,
 }
 
 /// How the gateway reaches idsvc, however it was configured.
@@ -92,6 +95,8 @@ pub struct UpstreamConfig {
     pub min_retries_per_sec: u32,
     pub ejection: EjectionPolicy,
     pub health_interval: Duration,
+    /// Client certificate and idsvc's CA, for `https://` endpoints.
+    pub tls: Option<tls::UpstreamTlsFiles>,
 }
 
 impl UpstreamConfig {
@@ -121,6 +126,7 @@ impl Default for UpstreamConfig {
                 max: Duration::from_secs(300),
             },
             health_interval: Duration::from_secs(1),
+            tls: None,
         }
     }
 }
@@ -145,6 +151,7 @@ impl From<UpstreamArgs> for UpstreamConfig {
                 max: ms(args.upstream_max_ejection_ms),
             },
             health_interval: ms(args.upstream_health_interval_ms),
+            tls: args.tls.files(),
         }
     }
 }
@@ -181,9 +188,12 @@ fn failure_of(status: &Status) -> Option<Failure> {
     }
     match status.code() {
         // hyper-util names every failure before a connection exists
-        // "tcp … error" or "dns error" (checked by a test against a closed port).
+        // "tcp … error" or "dns error" (checked by a test against a closed
+        // port), and a refused TLS handshake is `tls::HandshakeError`.
         Code::Unavailable
-            if status.message().starts_with("tcp ") || status.message().starts_with("dns ") =>
+            if ["tcp ", "dns ", "tls "]
+                .iter()
+                .any(|prefix| status.message().starts_with(prefix)) =>
         {
             Some(Failure::NotSent)
         }
@@ -205,10 +215,11 @@ impl Upstream {
     pub fn new(config: UpstreamConfig) -> anyhow::Result<Self> {
         anyhow::ensure!(!config.endpoints.is_empty(), "no idsvc endpoint given");
         let budget = RetryBudget::new(config.retry_budget_percent, config.min_retries_per_sec);
+        let client_tls = config.tls.clone().map(tls::ClientTls::load).transpose()?;
         let endpoints = config
             .endpoints
             .iter()
-            .map(|url| Endpoint::new(url, config.per_try_timeout))
+            .map(|url| Endpoint::new(url, config.per_try_timeout, client_tls.as_ref()))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let pool = Arc::new(Pool {
             endpoints,
@@ -219,6 +230,13 @@ impl Upstream {
         // for long enough to need the checker.
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(health::check_ejected(Arc::downgrade(&pool)));
+            if let Some(client_tls) = &client_tls {
+                // Stops when the endpoints (which hold the config) are gone.
+                tokio::spawn(tls::ClientTls::watch(
+                    Arc::downgrade(client_tls),
+                    tls::RELOAD_INTERVAL,
+                ));
+            }
         }
         Ok(Self { pool })
     }
@@ -342,7 +360,8 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let endpoint = Endpoint::new(&format!("http://{addr}"), Duration::from_secs(1)).unwrap();
+        let endpoint =
+            Endpoint::new(&format!("http://{addr}"), Duration::from_secs(1), None).unwrap();
         let status = endpoint.client().get_jwks(pb::Empty {}).await.unwrap_err();
         assert_eq!(failure_of(&status), Some(Failure::NotSent), "{status:?}");
     }
