@@ -1,7 +1,9 @@
 //! idsvc's integration tests: one conformance suite, run on SQLite and on a
 //! real MariaDB (`IDBASE_TEST_MYSQL_URL`, default
-//! `mysql://root@127.0.0.1:3306/test`), each test on a fresh database.
+//! `mysql://root@127.0.0.1:3306/test`), each test on a fresh database; and
+//! the mTLS suite of the gRPC ports.
 
 mod conformance;
 mod harness;
 mod migration;
+mod mtls;
