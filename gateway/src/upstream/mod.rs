@@ -367,6 +367,62 @@ mod tests {
     }
 
     #[test]
+    fn plain_text_goes_only_to_loopback_and_https_needs_certificates() {
+        assert!(Upstream::new(UpstreamConfig::single("http://127.0.0.1:50051".into())).is_ok());
+        let refused = Upstream::new(UpstreamConfig::single("http://idsvc:50051".into()))
+            .err()
+            .unwrap();
+        assert!(refused.to_string().contains("loopback"), "{refused:#}");
+        let refused = Upstream::new(UpstreamConfig::single("https://idsvc:50051".into()))
+            .err()
+            .unwrap();
+        assert!(refused.to_string().contains("--idsvc-ca"), "{refused:#}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_tls_handshake_is_not_sent() {
+        // idsvc's side: a certificate the gateway's CA did not sign.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server.cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(server.signing_key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+        // The gateway's side: its own CA and client certificate.
+        let dir = tempfile::tempdir().unwrap();
+        let own = rcgen::generate_simple_self_signed(vec!["gateway".to_owned()]).unwrap();
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let files = tls::UpstreamTlsFiles {
+            ca: write("ca.crt", own.cert.pem()),
+            cert: write("tls.crt", own.cert.pem()),
+            key: write("tls.key", own.signing_key.serialize_pem()),
+        };
+        let client_tls = tls::ClientTls::load(files).unwrap();
+        let url = format!("https://localhost:{}", addr.port());
+        let endpoint = Endpoint::new(&url, Duration::from_secs(1), Some(&client_tls)).unwrap();
+        let status = endpoint.client().get_jwks(pb::Empty {}).await.unwrap_err();
+        assert_eq!(failure_of(&status), Some(Failure::NotSent), "{status:?}");
+    }
+
+    #[test]
     fn idsvc_answers_are_not_failures() {
         let mut status = Status::unavailable("draining");
         assert_eq!(failure_of(&status), Some(Failure::MaybeSent));

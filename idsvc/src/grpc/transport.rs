@@ -282,3 +282,18 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .await
         .with_context(|| format!("binding {addr}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_only_on_loopback() {
+        let loopback: SocketAddr = "127.0.0.1:50051".parse().unwrap();
+        let v6: SocketAddr = "[::1]:50052".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:50052".parse().unwrap();
+        assert!(Transport::plaintext_on(&[loopback, v6]).is_ok());
+        let refused = Transport::plaintext_on(&[loopback, any]).unwrap_err();
+        assert!(refused.to_string().contains("0.0.0.0:50052"), "{refused}");
+    }
+}

@@ -143,12 +143,11 @@ fn client_config(ca_pem: &str, identity: Option<&Pem>) -> Arc<ClientConfig> {
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
     }
-    let builder = ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
+    let builder =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
     let mut config = match identity {
         Some(pem) => builder
             .with_client_auth_cert(
@@ -222,11 +221,7 @@ async fn calls(server: &Server, config: Arc<ClientConfig>, legacy_id: i64) -> Ca
         health: served(HealthClient::new(grpc.clone()).check(check()).await),
         admin_health: served(HealthClient::new(admin).check(check()).await),
         jwks: served(identity.get_jwks(pb::Empty {}).await),
-        upsert: served(
-            identity
-                .upsert_legacy_user(upsert_request(legacy_id))
-                .await,
-        ),
+        upsert: served(identity.upsert_legacy_user(upsert_request(legacy_id)).await),
         register: served(
             identity
                 .register(pb::RegisterRequest {
@@ -314,8 +309,10 @@ async fn roles_are_checked_per_rpc() {
 
     // Nothing refused above reached the store: the gateway creates 3, 4 and 5.
     let gateway = ca.client("spiffe://idbase/gateway");
-    let mut identity =
-        IdentityClient::new(channel(server.grpc, client_config(&ca.pem(), Some(&gateway))));
+    let mut identity = IdentityClient::new(channel(
+        server.grpc,
+        client_config(&ca.pem(), Some(&gateway)),
+    ));
     for id in [3, 4, 5] {
         let outcome = identity
             .upsert_legacy_user(upsert_request(id))
@@ -335,15 +332,21 @@ async fn a_certificate_from_another_ca_is_refused() {
     let forged = rogue_ca.client("spiffe://idbase/gateway");
     // It trusts idsvc's certificate, but idsvc does not trust its own.
     let c = calls(&server, client_config(&ca.pem(), Some(&forged)), 6).await;
-    for (rpc, result) in [("health", c.health), ("upsert", c.upsert), ("register", c.register)] {
+    for (rpc, result) in [
+        ("health", c.health),
+        ("upsert", c.upsert),
+        ("register", c.register),
+    ] {
         assert!(
             matches!(result, Err(Code::Unavailable | Code::Unknown)),
             "{rpc}: {result:?}"
         );
     }
     let gateway = ca.client("spiffe://idbase/gateway");
-    let mut identity =
-        IdentityClient::new(channel(server.grpc, client_config(&ca.pem(), Some(&gateway))));
+    let mut identity = IdentityClient::new(channel(
+        server.grpc,
+        client_config(&ca.pem(), Some(&gateway)),
+    ));
     let outcome = identity
         .upsert_legacy_user(upsert_request(6))
         .await
@@ -466,8 +469,10 @@ async fn files_that_do_not_load_keep_the_previous_certificate() {
     std::fs::write(&server.files.key, ca.server().key).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let gateway = ca.client("spiffe://idbase/gateway");
-    let mut identity =
-        IdentityClient::new(channel(server.grpc, client_config(&ca.pem(), Some(&gateway))));
+    let mut identity = IdentityClient::new(channel(
+        server.grpc,
+        client_config(&ca.pem(), Some(&gateway)),
+    ));
     identity.get_jwks(pb::Empty {}).await.unwrap();
     reloads.cancel();
 }
