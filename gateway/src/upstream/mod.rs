@@ -366,8 +366,8 @@ mod tests {
         assert_eq!(failure_of(&status), Some(Failure::NotSent), "{status:?}");
     }
 
-    #[test]
-    fn plain_text_goes_only_to_loopback_and_https_needs_certificates() {
+    #[tokio::test]
+    async fn plain_text_goes_only_to_loopback_and_https_needs_certificates() {
         assert!(Upstream::new(UpstreamConfig::single("http://127.0.0.1:50051".into())).is_ok());
         let refused = Upstream::new(UpstreamConfig::single("http://idsvc:50051".into()))
             .err()
