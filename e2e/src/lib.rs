@@ -226,6 +226,8 @@ impl IdsvcLaunch {
                     grpc,
                     "--admin-grpc",
                     &admin,
+                    // Loopback processes; mTLS has its own tests (idsvc/tests/it/mtls.rs).
+                    "--insecure-plaintext",
                 ])
                 .arg("--keys-dir")
                 .arg(&self.keys)

@@ -12,6 +12,7 @@ pub mod budget;
 pub mod ejection;
 pub mod health;
 pub mod pool;
+pub mod tls;
 pub mod trace;
 
 use crate::problem::Problem;
@@ -107,6 +108,8 @@ pub struct UpstreamArgs {
     /// within this time.
     #[arg(long, env = "IDBASE_JWKS_REFRESH_MS", default_value_t = DEFAULT_JWKS_REFRESH_MS)]
     pub jwks_refresh_ms: u64,
+    #[command(flatten)]
+    pub tls: tls::UpstreamTlsArgs,
 }
 
 /// How the gateway reaches idsvc, however it was configured.
@@ -121,6 +124,8 @@ pub struct UpstreamConfig {
     pub health_interval: Duration,
     /// Re-read idsvc's JWKS at least this often (see [`UpstreamArgs`]).
     pub jwks_refresh: Duration,
+    /// Client certificate and idsvc's CA, for `https://` endpoints.
+    pub tls: Option<tls::UpstreamTlsFiles>,
 }
 
 impl UpstreamConfig {
@@ -150,6 +155,7 @@ impl Default for UpstreamConfig {
             },
             health_interval: ms(DEFAULT_HEALTH_INTERVAL_MS),
             jwks_refresh: ms(DEFAULT_JWKS_REFRESH_MS),
+            tls: None,
         }
     }
 }
@@ -175,6 +181,7 @@ impl From<UpstreamArgs> for UpstreamConfig {
             },
             health_interval: ms(args.upstream_health_interval_ms),
             jwks_refresh: ms(args.jwks_refresh_ms),
+            tls: args.tls.files(),
         }
     }
 }
@@ -211,9 +218,12 @@ fn failure_of(status: &Status) -> Option<Failure> {
     }
     match status.code() {
         // hyper-util names every failure before a connection exists
-        // "tcp … error" or "dns error" (checked by a test against a closed port).
+        // "tcp … error" or "dns error" (checked by a test against a closed
+        // port), and a refused TLS handshake is `tls::HandshakeError`.
         Code::Unavailable
-            if status.message().starts_with("tcp ") || status.message().starts_with("dns ") =>
+            if ["tcp ", "dns ", "tls "]
+                .iter()
+                .any(|prefix| status.message().starts_with(prefix)) =>
         {
             Some(Failure::NotSent)
         }
@@ -235,10 +245,11 @@ impl Upstream {
     pub fn new(config: UpstreamConfig) -> anyhow::Result<Self> {
         anyhow::ensure!(!config.endpoints.is_empty(), "no idsvc endpoint given");
         let budget = RetryBudget::new(config.retry_budget_percent, config.min_retries_per_sec);
+        let client_tls = config.tls.clone().map(tls::ClientTls::load).transpose()?;
         let endpoints = config
             .endpoints
             .iter()
-            .map(|url| Endpoint::new(url, config.per_try_timeout))
+            .map(|url| Endpoint::new(url, config.per_try_timeout, client_tls.as_ref()))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let pool = Arc::new(Pool {
             endpoints,
@@ -249,6 +260,13 @@ impl Upstream {
         // for long enough to need the checker.
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(health::check_ejected(Arc::downgrade(&pool)));
+            if let Some(client_tls) = &client_tls {
+                // Stops when the endpoints (which hold the config) are gone.
+                tokio::spawn(tls::ClientTls::watch(
+                    Arc::downgrade(client_tls),
+                    tls::RELOAD_INTERVAL,
+                ));
+            }
         }
         Ok(Self { pool })
     }
@@ -379,7 +397,64 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let endpoint = Endpoint::new(&format!("http://{addr}"), Duration::from_secs(1)).unwrap();
+        let endpoint =
+            Endpoint::new(&format!("http://{addr}"), Duration::from_secs(1), None).unwrap();
+        let status = endpoint.client().get_jwks(pb::Empty {}).await.unwrap_err();
+        assert_eq!(failure_of(&status), Some(Failure::NotSent), "{status:?}");
+    }
+
+    #[tokio::test]
+    async fn plain_text_goes_only_to_loopback_and_https_needs_certificates() {
+        assert!(Upstream::new(UpstreamConfig::single("http://127.0.0.1:50051".into())).is_ok());
+        let refused = Upstream::new(UpstreamConfig::single("http://idsvc:50051".into()))
+            .err()
+            .unwrap();
+        assert!(refused.to_string().contains("loopback"), "{refused:#}");
+        let refused = Upstream::new(UpstreamConfig::single("https://idsvc:50051".into()))
+            .err()
+            .unwrap();
+        assert!(refused.to_string().contains("--idsvc-ca"), "{refused:#}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_tls_handshake_is_not_sent() {
+        // idsvc's side: a certificate the gateway's CA did not sign.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server.cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(server.signing_key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+        // The gateway's side: its own CA and client certificate.
+        let dir = tempfile::tempdir().unwrap();
+        let own = rcgen::generate_simple_self_signed(vec!["gateway".to_owned()]).unwrap();
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let files = tls::UpstreamTlsFiles {
+            ca: write("ca.crt", own.cert.pem()),
+            cert: write("tls.crt", own.cert.pem()),
+            key: write("tls.key", own.signing_key.serialize_pem()),
+        };
+        let client_tls = tls::ClientTls::load(files).unwrap();
+        let url = format!("https://localhost:{}", addr.port());
+        let endpoint = Endpoint::new(&url, Duration::from_secs(1), Some(&client_tls)).unwrap();
         let status = endpoint.client().get_jwks(pb::Empty {}).await.unwrap_err();
         assert_eq!(failure_of(&status), Some(Failure::NotSent), "{status:?}");
     }

@@ -8,6 +8,8 @@
 use super::UpstreamConfig;
 use super::budget::RetryBudget;
 use super::ejection::{EjectionPolicy, Outlier};
+use super::tls::{ClientTls, TlsConnector, is_loopback};
+use anyhow::Context;
 use idbase_proto::v1::identity_client::IdentityClient;
 use metrics::{Counter, Gauge};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -69,12 +71,35 @@ impl EndpointMetrics {
 }
 
 impl Endpoint {
-    pub fn new(url: &str, connect_timeout: Duration) -> anyhow::Result<Arc<Self>> {
-        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+    /// `https://` URLs are reached over mTLS with `tls`; `http://` only on loopback.
+    pub fn new(
+        url: &str,
+        connect_timeout: Duration,
+        tls: Option<&Arc<ClientTls>>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .connect_lazy();
+            .http2_keep_alive_interval(Duration::from_secs(30));
+        let channel = match endpoint.uri().scheme_str() {
+            Some("https") => {
+                let tls = tls.with_context(|| {
+                    format!(
+                        "{url}: https needs --idsvc-ca, --idsvc-client-cert and --idsvc-client-key"
+                    )
+                })?;
+                endpoint.connect_with_connector_lazy(TlsConnector::new(Arc::clone(tls)))
+            }
+            Some("http") => {
+                anyhow::ensure!(
+                    is_loopback(endpoint.uri()),
+                    "{url}: plain-text gRPC is allowed to loopback only; use https:// with \
+                     --idsvc-ca, --idsvc-client-cert and --idsvc-client-key"
+                );
+                endpoint.connect_lazy()
+            }
+            _ => anyhow::bail!("{url}: idsvc URLs are https:// (or http:// on loopback)"),
+        };
         let endpoint = Arc::new(Self {
             url: url.into(),
             channel,

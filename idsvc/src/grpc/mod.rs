@@ -1,10 +1,16 @@
 //! idsvc's gRPC servers: the identity API (with `grpc.health.v1` and server
-//! reflection) and the admin port.
+//! reflection) and the admin port, both over mTLS with per-RPC authorisation
+//! by certificate identity ([`authz`]), or plain text on loopback
+//! ([`transport`]); and a plain-text health port for kubelet probes.
 
+pub mod authz;
 mod identity;
 pub mod status;
+pub mod tls;
+pub mod transport;
 
 pub use identity::IdentityGrpc;
+pub use transport::{Transport, TransportArgs};
 
 use crate::domain::IdentityService;
 use idbase_proto::v1::identity_server::IdentityServer;
@@ -13,11 +19,15 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
+use tracing::info;
 
 /// Serves the identity API until `shutdown` is cancelled, then drains.
+/// With `probes`, the same health service is also served in plain text there.
 pub async fn serve_identity(
     service: Arc<IdentityService>,
     listener: TcpListener,
+    transport: Transport,
+    probes: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -38,22 +48,51 @@ pub async fn serve_identity(
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
     };
-    Server::builder()
+    // Probes keep answering (NOT_SERVING) until the drain is over.
+    let probes_stop = CancellationToken::new();
+    let probes = probes.map(|probes| {
+        let health_service = health_service.clone();
+        let stopping = probes_stop.clone();
+        tokio::spawn(async move {
+            info!(health = %probes.local_addr()?, "idsvc health probes listening (plain text)");
+            Server::builder()
+                .add_service(health_service)
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(probes),
+                    stopping.cancelled_owned(),
+                )
+                .await?;
+            anyhow::Ok(())
+        })
+    });
+    let incoming = transport::incoming(listener, transport, shutdown.clone());
+    let served = Server::builder()
+        .layer(authz::AuthorizeLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(IdentityServer::new(IdentityGrpc::new(service)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
-        .await?;
-    Ok(())
+        .serve_with_incoming_shutdown(incoming, drain)
+        .await;
+    probes_stop.cancel();
+    if let Some(probes) = probes {
+        probes.await??;
+    }
+    Ok(served?)
 }
 
 /// The admin port. Until the phase and console APIs land it serves health
 /// only, so probes and the SRE's tooling can already reach it.
-pub async fn serve_admin(listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve_admin(
+    listener: TcpListener,
+    transport: Transport,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let (_health, health_service) = tonic_health::server::health_reporter();
+    let incoming = transport::incoming(listener, transport, shutdown.clone());
     Server::builder()
+        .layer(authz::AuthorizeLayer)
         .add_service(health_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     Ok(())
 }
