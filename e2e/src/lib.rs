@@ -73,6 +73,8 @@ pub struct Target {
     pub tokens: Tokens,
     /// The processes behind `gateway_url` when this suite started them.
     pub local: Option<Deployment>,
+    /// The database of `local`, dropped after it.
+    _database: Option<TestDatabase>,
 }
 
 impl Target {
@@ -88,6 +90,7 @@ impl Target {
                 gateway_url: gateway_url.trim_end_matches('/').to_owned(),
                 tokens,
                 local: None,
+                _database: None,
             });
         }
         let database = fresh_mysql_database().await?;
@@ -96,6 +99,7 @@ impl Target {
             gateway_url: local.gateway_url.clone(),
             tokens: local.tokens.clone(),
             local: Some(local),
+            _database: Some(database),
         })
     }
 }
