@@ -51,6 +51,8 @@ use Role::{Admin, Gateway, Monitor};
 pub const TABLE: &[(&str, &[Role])] = &[
     ("/grpc.health.v1.Health/", &[Gateway, Admin, Monitor]),
     ("/grpc.reflection.v1.ServerReflection/", &[Admin]),
+    // The same service in the version many stock clients still speak.
+    ("/grpc.reflection.v1alpha.ServerReflection/", &[Admin]),
     // Public keys: also what an SRE fetches to check a token by hand.
     ("/idbase.v1.Identity/GetJwks", &[Gateway, Admin]),
     ("/idbase.v1.Identity/", &[Gateway]),

@@ -13,12 +13,14 @@ pub use identity::IdentityGrpc;
 pub use transport::{Transport, TransportArgs};
 
 use crate::domain::IdentityService;
-use idbase_proto::v1::identity_server::IdentityServer;
+use idbase_proto::v1::identity_server::{self, IdentityServer};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
+use tonic_reflection::pb::v1::server_reflection_server as v1_reflection;
+use tonic_reflection::pb::v1alpha::server_reflection_server as v1alpha_reflection;
 use tracing::info;
 
 /// Serves the identity API until `shutdown` is cancelled, then drains.
@@ -32,10 +34,6 @@ pub async fn serve_identity(
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<IdentityServer<IdentityGrpc>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(idbase_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
     let stopping = shutdown.clone();
     let drain = async move {
         stopping.cancelled().await;
@@ -69,7 +67,8 @@ pub async fn serve_identity(
     let served = Server::builder()
         .layer(authz::AuthorizeLayer)
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection(&[identity_server::SERVICE_NAME]).build_v1()?)
+        .add_service(reflection(&[identity_server::SERVICE_NAME]).build_v1alpha()?)
         .add_service(IdentityServer::new(IdentityGrpc::new(service)))
         .serve_with_incoming_shutdown(incoming, drain)
         .await;
@@ -81,7 +80,7 @@ pub async fn serve_identity(
 }
 
 /// The admin port. Until the phase and console APIs land it serves health
-/// only, so probes and the SRE's tooling can already reach it.
+/// (and reflection) only, so probes and the SRE's tooling can already reach it.
 pub async fn serve_admin(
     listener: TcpListener,
     transport: Transport,
@@ -92,7 +91,36 @@ pub async fn serve_admin(
     Server::builder()
         .layer(authz::AuthorizeLayer)
         .add_service(health_service)
+        .add_service(reflection(&[]).build_v1()?)
+        .add_service(reflection(&[]).build_v1alpha()?)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     Ok(())
+}
+
+/// The services every port serves besides its own: health and both
+/// reflection versions.
+const COMMON_SERVICES: [&str; 3] = [
+    tonic_health::pb::health_server::SERVICE_NAME,
+    v1_reflection::SERVICE_NAME,
+    v1alpha_reflection::SERVICE_NAME,
+];
+
+/// Server reflection for `grpcurl`, `grpcui`, Postman and the like, listing
+/// exactly what one port serves (`served` plus [`COMMON_SERVICES`]). Each
+/// port serves it twice, as `grpc.reflection.v1` and as
+/// `grpc.reflection.v1alpha`, which many stock clients (Python's
+/// grpcio-reflection among them) still speak exclusively; both versions list
+/// both, so either client sees the whole port.
+fn reflection(served: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    let builder = tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(idbase_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
+    served
+        .iter()
+        .chain(&COMMON_SERVICES)
+        .fold(builder, |builder, name| builder.with_service_name(*name))
 }

@@ -21,3 +21,4 @@ mod conformance;
 mod harness;
 mod migration;
 mod mtls;
+mod reflection;
