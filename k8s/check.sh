@@ -195,6 +195,7 @@ kind_dry_run() {
   cat "$out/kind-plan"
   grep -q 'kind create cluster --name ci-test' "$out/kind-plan"
   grep -q 'kind load docker-image idbase:kind --name ci-test' "$out/kind-plan"
+  grep -q 'cert-manager/releases/download/v[0-9.]*/cert-manager.yaml' "$out/kind-plan"
   grep -q 'port-forward svc/gateway 28080:80' "$out/kind-plan"
   grep -q 'cargo test --locked --test blackbox -- api::' "$out/kind-plan"
   # The image the script loads is the one the overlay runs.

@@ -183,7 +183,16 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         "\nTry:\n  curl -i -X POST {gateway_url}/v1/users -H 'Client-Token: {web}' -H 'Content-Type: application/json' \\\n    \
          -d '{{\"email\":\"hanako@example.com\",\"password\":\"correct horse battery\",\"phone\":\"090-1234-5678\"}}'\n"
     );
-    let idsvc = tokio::spawn(idsvc::serve(service, grpc, admin, shutdown.clone()));
+    // One process on loopback: gRPC stays in plain text (refused elsewhere).
+    idsvc::grpc::Transport::plaintext_on(&[grpc.local_addr()?, admin.local_addr()?])?;
+    let idsvc = tokio::spawn(idsvc::serve(
+        service,
+        grpc,
+        admin,
+        idsvc::grpc::Transport::Plaintext,
+        None,
+        shutdown.clone(),
+    ));
     let metrics = match args.metrics {
         Some(addr) => Some(
             TcpListener::bind(addr)

@@ -169,12 +169,19 @@ if $build; then
 fi
 step kind load docker-image "$image" --name "$cluster"
 
+# cert-manager issues the gateway <-> idsvc mTLS certificates
+# (k8s/components/service-mtls); its webhook must answer before they apply.
+cert_manager_version=v1.16.2
+step kubectl apply -f "https://github.com/cert-manager/cert-manager/releases/download/$cert_manager_version/cert-manager.yaml"
+step kubectl -n cert-manager rollout status deployment/cert-manager-webhook --timeout=180s
+
 # A fresh namespace (and so a fresh database) every run, also on a kept
 # cluster; then the Secrets the pods mount, then everything.
 step kubectl delete namespace "$ns" --ignore-not-found --wait=true --timeout=180s
 step kubectl apply -f "$work/namespace.yaml"
 step kubectl apply -f "$work/secrets.yaml"
 step kubectl apply -f "$work/manifests.yaml"
+step kubectl -n "$ns" wait certificate --all --for=condition=Ready --timeout=120s
 step kubectl -n "$ns" rollout status statefulset/mariadb --timeout=300s
 step kubectl -n "$ns" rollout status deployment/idsvc --timeout=300s
 step kubectl -n "$ns" rollout status deployment/gateway --timeout=180s

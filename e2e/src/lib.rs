@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+pub use testdb::{TestDatabase, fresh_mysql_database};
 
 /// Builds `idbase` (once per process, in the caller's profile) and returns its
 /// path: for the benches. The black-box tests take the binary cargo built for
@@ -75,6 +76,8 @@ pub struct Target {
     pub tokens: Tokens,
     /// The processes behind `gateway_url` when this suite started them.
     pub local: Option<Deployment>,
+    /// The database of `local`, dropped after it.
+    _database: Option<TestDatabase>,
 }
 
 impl Target {
@@ -94,6 +97,7 @@ impl Target {
                 metrics_url,
                 tokens,
                 local: None,
+                _database: None,
             });
         }
         let database = fresh_mysql_database().await?;
@@ -103,6 +107,7 @@ impl Target {
             metrics_url: Some(local.gateway_metrics_url.clone()),
             tokens: local.tokens.clone(),
             local: Some(local),
+            _database: Some(database),
         })
     }
 }
@@ -226,6 +231,8 @@ impl IdsvcLaunch {
                     grpc,
                     "--admin-grpc",
                     &admin,
+                    // Loopback processes; mTLS has its own tests (idsvc/tests/it/mtls.rs).
+                    "--insecure-plaintext",
                 ])
                 .arg("--keys-dir")
                 .arg(&self.keys)
@@ -445,29 +452,6 @@ fn sha256_hex(token: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// Creates an empty database on the MariaDB server (`IDBASE_TEST_MYSQL_URL`).
-pub async fn fresh_mysql_database() -> anyhow::Result<String> {
-    use sqlx::Connection;
-    let server = std::env::var("IDBASE_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(&server).await.with_context(|| {
-        format!(
-            "MariaDB is unreachable at {server}. Start it with `start-stop-daemon --start --oknodo --background \
-             --exec /usr/sbin/mariadbd` or set IDBASE_TEST_MYSQL_URL."
-        )
-    })?;
-    use rand::Rng;
-    let name = format!("idbase_e2e_{:016x}", rand::thread_rng().r#gen::<u64>());
-    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await?;
-    let base = server
-        .rsplit_once('/')
-        .map_or(server.as_str(), |(base, _)| base);
-    Ok(format!("{base}/{name}"))
 }
 
 /// The value of a gateway upstream metric for one endpoint in Prometheus text

@@ -22,6 +22,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use futures::future::BoxFuture;
+use idbase_proto::ProblemType;
 use idbase_proto::v1 as pb;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -139,8 +140,9 @@ impl AccessVerifier {
 
     /// The full check: signature by a published key, issuer, audience, expiry.
     async fn verify_signature(&self, token: &str) -> Result<(pb::Principal, String, u64), Problem> {
-        let invalid =
-            || Problem::unauthenticated("invalid-token", "invalid or expired access token");
+        let invalid = || {
+            Problem::unauthenticated(ProblemType::InvalidToken, "invalid or expired access token")
+        };
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
         let kid = header.kid.ok_or_else(invalid)?;
         let cached = self.keys.read().await.keys.get(&kid).cloned();
@@ -249,7 +251,7 @@ where
             })
             .ok_or_else(|| {
                 Problem::unauthenticated(
-                    "invalid-token",
+                    ProblemType::InvalidToken,
                     "an Authorization: Bearer access token is required",
                 )
             })?;

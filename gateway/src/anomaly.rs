@@ -12,43 +12,68 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use idbase_proto::ProblemType;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use tracing::{info, warn};
+
+/// Long enough to see a credential-stuffing wave, short enough to forget it after.
+pub const DEFAULT_LOGIN_WINDOW_SECS: u64 = 300;
+/// Half the logins failing is far above members mistyping passwords.
+pub const DEFAULT_LOGIN_ALERT_RATIO: f64 = 0.5;
+/// Below this many attempts a ratio is noise (a quiet night, one member).
+pub const DEFAULT_LOGIN_ALERT_MIN_ATTEMPTS: u64 = 50;
+/// One address needs a few attempts before its own ratio means anything.
+pub const DEFAULT_LOGIN_ALERT_MIN_IP_ATTEMPTS: u64 = 10;
+/// Long enough to stop a script, short enough for a shared NAT to recover.
+pub const DEFAULT_LOGIN_AUTOBLOCK_SECS: u64 = 900;
 
 /// `idbase gateway` flags for login-anomaly detection.
 #[derive(Clone, Debug, clap::Args)]
 pub struct AnomalyArgs {
     /// Sliding window of login attempts in seconds.
-    #[arg(long, env = "IDBASE_LOGIN_WINDOW_SECS", default_value_t = 300)]
+    #[arg(long, env = "IDBASE_LOGIN_WINDOW_SECS", default_value_t = DEFAULT_LOGIN_WINDOW_SECS)]
     pub login_window_secs: u64,
     /// Failure ratio (0..1) that raises an alert.
-    #[arg(long, env = "IDBASE_LOGIN_ALERT_RATIO", default_value_t = 0.5)]
+    #[arg(long, env = "IDBASE_LOGIN_ALERT_RATIO", default_value_t = DEFAULT_LOGIN_ALERT_RATIO)]
     pub login_alert_ratio: f64,
     /// Attempts within the window (overall) before the ratio means anything.
-    #[arg(long, env = "IDBASE_LOGIN_ALERT_MIN_ATTEMPTS", default_value_t = 50)]
+    #[arg(
+        long,
+        env = "IDBASE_LOGIN_ALERT_MIN_ATTEMPTS",
+        default_value_t = DEFAULT_LOGIN_ALERT_MIN_ATTEMPTS
+    )]
     pub login_alert_min_attempts: u64,
     /// Attempts within the window from one source IP before its ratio counts.
-    #[arg(long, env = "IDBASE_LOGIN_ALERT_MIN_IP_ATTEMPTS", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "IDBASE_LOGIN_ALERT_MIN_IP_ATTEMPTS",
+        default_value_t = DEFAULT_LOGIN_ALERT_MIN_IP_ATTEMPTS
+    )]
     pub login_alert_min_ip_attempts: u64,
     /// Failed logins within the window after which a source IP is blocked;
     /// unset disables auto-blocking.
     #[arg(long, env = "IDBASE_LOGIN_AUTOBLOCK_FAILURES")]
     pub login_autoblock_failures: Option<u64>,
     /// How long an auto-blocked source IP stays blocked, in seconds.
-    #[arg(long, env = "IDBASE_LOGIN_AUTOBLOCK_SECS", default_value_t = 900)]
+    #[arg(
+        long,
+        env = "IDBASE_LOGIN_AUTOBLOCK_SECS",
+        default_value_t = DEFAULT_LOGIN_AUTOBLOCK_SECS
+    )]
     pub login_autoblock_secs: u64,
 }
 
 impl Default for AnomalyArgs {
+    /// The flags' defaults (`DEFAULT_*`).
     fn default() -> Self {
         Self {
-            login_window_secs: 300,
-            login_alert_ratio: 0.5,
-            login_alert_min_attempts: 50,
-            login_alert_min_ip_attempts: 10,
+            login_window_secs: DEFAULT_LOGIN_WINDOW_SECS,
+            login_alert_ratio: DEFAULT_LOGIN_ALERT_RATIO,
+            login_alert_min_attempts: DEFAULT_LOGIN_ALERT_MIN_ATTEMPTS,
+            login_alert_min_ip_attempts: DEFAULT_LOGIN_ALERT_MIN_IP_ATTEMPTS,
             login_autoblock_failures: None,
-            login_autoblock_secs: 900,
+            login_autoblock_secs: DEFAULT_LOGIN_AUTOBLOCK_SECS,
         }
     }
 }
@@ -265,8 +290,7 @@ pub async fn watch(
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |s| s.0);
     if let Some(secs) = anomaly.blocked(ip) {
         let mut response = Problem::new(
-            StatusCode::FORBIDDEN,
-            "blocked",
+            ProblemType::Blocked,
             "too many failed logins from this address".to_owned(),
         )
         .retry_after(secs)

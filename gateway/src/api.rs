@@ -23,12 +23,18 @@ impl<T: Serialize> axum::response::IntoResponse for Json<T> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterBody {
-    #[schema(example = "hanako@example.com")]
+    /// An address (RFC 5321 limits: at most 254 octets, local part at most
+    /// 64); matched case-insensitively, surrounding spaces ignored.
+    #[schema(example = "hanako@example.com", format = Email, max_length = 254)]
     pub email: String,
-    /// 8–128 characters, any Unicode; common passwords and the email are refused.
+    /// 8–128 characters (counted after Unicode NFKC normalisation), any
+    /// Unicode, no composition rules. Refused beyond what a schema can say:
+    /// one of the 20,000 most common passwords, or the email or its local part.
+    #[schema(min_length = 8, max_length = 128)]
     pub password: String,
-    /// Any format; numbers without a country code are read as Japanese.
-    #[schema(example = "090-1234-5678")]
+    /// A phone number valid in its numbering plan, in any notation; numbers
+    /// without a country code are read as Japanese. Stored as E.164.
+    #[schema(example = "090-1234-5678", max_length = 64)]
     pub phone: Option<String>,
 }
 
@@ -45,14 +51,22 @@ pub struct RefreshTokenBody {
     pub refresh_token: String,
 }
 
-/// Changes to the member. `email`, `phone` and `password` need `current_password`;
-/// `phone: ""` removes the phone number.
+/// Changes to the member. `email`, `phone` and `password` need `current_password`
+/// (stated as `dependentRequired`); `phone: ""` removes the phone number.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMeBody {
+    /// As at registration.
+    #[schema(format = Email, max_length = 254)]
     pub email: Option<String>,
+    /// As at registration; `""` removes it.
+    #[schema(max_length = 64)]
     pub phone: Option<String>,
+    /// As at registration: 8–128 characters, not common, not the email.
+    #[schema(min_length = 8, max_length = 128)]
     pub password: Option<String>,
+    /// Required with `email` or `password`; a string when sent.
+    #[schema(nullable = false)]
     pub current_password: Option<String>,
 }
 
@@ -66,11 +80,20 @@ pub struct WithdrawBody {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LegacyUserBody {
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
+    /// As at registration.
+    #[schema(max_length = 64)]
     pub phone: Option<String>,
-    /// The legacy system's stored hash, in a scheme idsvc can verify.
+    /// The legacy system's stored hash, in a scheme idsvc can verify: PHC
+    /// strings (argon2, scrypt, pbkdf2), bcrypt (`$2a$`, `$2b$`, `$2y$`),
+    /// ASP.NET Identity v2/v3 (`$aspnet-identity-v2$…`, `$aspnet-identity-v3$…`)
+    /// and salted digests (`$salted-…`). Anything else is refused with 400.
+    #[schema(min_length = 1, max_length = 1024)]
     pub password_hash: String,
     /// The legacy system's monotonic update stamp: newer wins.
+    #[schema(minimum = 0)]
+    #[serde(deserialize_with = "json_integer")]
     pub version: i64,
 }
 
@@ -79,6 +102,7 @@ pub struct LegacyUserBody {
 #[serde(deny_unknown_fields)]
 pub struct VersionQuery {
     /// The legacy system's version stamp of the deletion.
+    #[param(minimum = 0)]
     pub version: i64,
 }
 
@@ -196,9 +220,51 @@ impl From<pb::Jwks> for JwkSet {
     }
 }
 
+/// A JSON integer as JSON Schema defines it: `2780.0` is the integer 2780
+/// (RFC 8259 numbers have no integer type), so a schema-valid body is read.
+fn json_integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if let Some(int) = number.as_i64() {
+        return Ok(int);
+    }
+    // The range check is on the float: i64::MAX as f64 rounds up to 2^63.
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    match number.as_f64() {
+        Some(float) if float.fract() == 0.0 && (-LIMIT..LIMIT).contains(&float) =>
+        {
+            #[allow(clippy::cast_possible_truncation, reason = "integral and in range")]
+            Ok(float as i64)
+        }
+        _ => Err(serde::de::Error::custom(format!(
+            "expected an integer, got {number}"
+        ))),
+    }
+}
+
 fn rfc3339(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version_of(json: &str) -> Result<i64, serde_json::Error> {
+        let body = format!(r#"{{"email":"a@example.com","password_hash":"x","version":{json}}}"#);
+        serde_json::from_str::<LegacyUserBody>(&body).map(|b| b.version)
+    }
+
+    #[test]
+    fn version_reads_json_integers_in_any_notation() {
+        assert_eq!(version_of("2780").unwrap(), 2780);
+        assert_eq!(version_of("2780.0").unwrap(), 2780);
+        assert_eq!(version_of("2.78e3").unwrap(), 2780);
+        assert_eq!(version_of("-1").unwrap(), -1);
+        assert!(version_of("2780.5").is_err());
+        assert!(version_of("1e300").is_err());
+        assert!(version_of("\"1\"").is_err());
+    }
 }

@@ -12,9 +12,9 @@
 use crate::problem::Problem;
 use anyhow::{Context, bail};
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::Response;
+use idbase_proto::ProblemType;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -151,8 +151,7 @@ pub async fn require_client(
         .and_then(|v| v.to_str().ok());
     let Some(client) = token.and_then(|t| clients.authenticate(t)) else {
         return Err(Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid-client",
+            ProblemType::InvalidClient,
             "a valid Client-Token header is required".to_owned(),
         ));
     };
@@ -169,8 +168,7 @@ pub async fn require_internal(request: Request, next: Next) -> Result<Response, 
         .is_some_and(|c| c.class == ClientClass::Internal);
     if !internal {
         return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            ProblemType::Forbidden,
             "only internal clients may double-write".to_owned(),
         ));
     }

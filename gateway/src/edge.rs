@@ -9,9 +9,10 @@ use crate::waf::Waf;
 use crate::waf::rules::Decision;
 use crate::waf::source_ip::{SourceIp, TrustedProxies};
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{StatusCode, header::USER_AGENT};
+use axum::http::header::USER_AGENT;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use idbase_proto::ProblemType;
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -84,16 +85,14 @@ pub async fn guard(State(edge): State<Edge>, mut request: Request, next: Next) -
     });
     let mut response = match &decision {
         Some(Decision::Block(_)) => Problem::new(
-            StatusCode::FORBIDDEN,
-            "blocked",
+            ProblemType::Blocked,
             "request blocked by the web application firewall".to_owned(),
         )
         .into_response(),
         Some(Decision::RateLimited {
             retry_after_secs, ..
         }) => Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate-limited",
+            ProblemType::RateLimited,
             "too many requests from this address".to_owned(),
         )
         .retry_after(*retry_after_secs)

@@ -2,7 +2,6 @@
 //! legacy web tier and gRPC to idsvc; it authenticates client apps, verifies
 //! access tokens, and turns every error into problem+json.
 
-#![deny(clippy::unwrap_used)]
 
 pub mod access;
 pub mod anomaly;
@@ -31,9 +30,9 @@ use crate::waf::source_ip::TrustedProxies;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post, put};
+use idbase_proto::ProblemType;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -123,17 +122,10 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
         .route("/readyz", get(meta::readyz));
     Ok(clients_only
         .merge(open)
-        .fallback(|| async {
-            Problem::new(
-                StatusCode::NOT_FOUND,
-                "not-found",
-                "no such route".to_owned(),
-            )
-        })
+        .fallback(|| async { Problem::new(ProblemType::NotFound, "no such route".to_owned()) })
         .method_not_allowed_fallback(|| async {
             Problem::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
+                ProblemType::MethodNotAllowed,
                 "method not allowed on this route".to_owned(),
             )
         })

@@ -1,9 +1,12 @@
 //! RFC 9457 problem details: the one error type of the HTTP edge and the one
-//! place where errors become status codes.
+//! place where errors become status codes. The types, their titles and
+//! statuses are spelled once, in [`idbase_proto::ProblemType`].
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use idbase_proto::ProblemType;
+use idbase_proto::problem::{PROBLEM_METADATA_KEY, RETRY_AFTER_METADATA_KEY};
 use serde::Serialize;
 use tracing::error;
 use utoipa::ToSchema;
@@ -13,8 +16,9 @@ use utoipa::ToSchema;
 pub struct Problem {
     /// Stable problem type, e.g. `urn:idbase:problem:throttled`.
     #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
+    pub kind: &'static str,
+    /// The same for every occurrence of the type.
+    pub title: &'static str,
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -23,11 +27,11 @@ pub struct Problem {
 }
 
 impl Problem {
-    pub fn new(status: StatusCode, kind: &str, detail: impl Into<Option<String>>) -> Self {
+    pub fn new(problem: ProblemType, detail: impl Into<Option<String>>) -> Self {
         Self {
-            kind: format!("urn:idbase:problem:{kind}"),
-            title: status.canonical_reason().unwrap_or("Error").to_owned(),
-            status: status.as_u16(),
+            kind: problem.uri(),
+            title: problem.title(),
+            status: problem.http_status(),
             detail: detail.into(),
             retry_after: None,
         }
@@ -39,24 +43,23 @@ impl Problem {
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid-request", detail.into())
+        Self::new(ProblemType::InvalidRequest, detail.into())
     }
 
-    pub fn unauthenticated(kind: &str, detail: &str) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, kind, detail.to_owned())
+    pub fn unauthenticated(problem: ProblemType, detail: &str) -> Self {
+        Self::new(problem, detail.to_owned())
     }
 
     pub fn unavailable() -> Self {
         Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+            ProblemType::Unavailable,
             "the ID service is unavailable".to_owned(),
         )
         .retry_after(1)
     }
 
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
+        Self::new(ProblemType::Internal, None)
     }
 }
 
@@ -76,35 +79,27 @@ impl IntoResponse for Problem {
     }
 }
 
-/// idsvc's statuses carry a stable problem type in `idbase-problem`.
+/// The problem type idsvc put on a failed call, if it did.
+pub fn problem_of(status: &tonic::Status) -> Option<ProblemType> {
+    status
+        .metadata()
+        .get(PROBLEM_METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ProblemType::from_slug)
+}
+
+/// idsvc's statuses carry a stable problem type in their metadata.
 impl From<tonic::Status> for Problem {
     fn from(status: tonic::Status) -> Self {
-        let metadata = status.metadata();
-        let kind = metadata
-            .get("idbase-problem")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let retry_after = metadata
-            .get("retry-after")
+        let retry_after = status
+            .metadata()
+            .get(RETRY_AFTER_METADATA_KEY)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(1);
         let detail = || Some(status.message().to_owned());
-        match kind {
-            "invalid-request" => Self::new(StatusCode::BAD_REQUEST, kind, detail()),
-            "conflict" => Self::new(StatusCode::CONFLICT, kind, detail()),
-            "idempotency-key-reused" => Self::new(StatusCode::UNPROCESSABLE_ENTITY, kind, detail()),
-            "invalid-credentials" => Self::unauthenticated(kind, "invalid email or password"),
-            "invalid-token" => Self::unauthenticated(kind, "invalid or expired token"),
-            "wrong-current-password" => Self::new(StatusCode::FORBIDDEN, kind, detail()),
-            "not-found" => Self::new(StatusCode::NOT_FOUND, kind, detail()),
-            "throttled" => {
-                Self::new(StatusCode::TOO_MANY_REQUESTS, kind, detail()).retry_after(retry_after)
-            }
-            "overloaded" => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, kind, detail()).retry_after(retry_after)
-            }
-            _ => match status.code() {
+        let Some(problem) = problem_of(&status) else {
+            return match status.code() {
                 tonic::Code::Unavailable
                 | tonic::Code::DeadlineExceeded
                 | tonic::Code::Cancelled => Self::unavailable(),
@@ -113,7 +108,35 @@ impl From<tonic::Status> for Problem {
                     error!(?code, message = status.message(), "ID service failed");
                     Self::internal()
                 }
-            },
+            };
+        };
+        match problem {
+            ProblemType::InvalidRequest
+            | ProblemType::Conflict
+            | ProblemType::IdempotencyKeyReused
+            | ProblemType::WrongCurrentPassword
+            | ProblemType::NotFound
+            | ProblemType::Forbidden
+            | ProblemType::Blocked
+            | ProblemType::MethodNotAllowed
+            | ProblemType::TooLarge
+            | ProblemType::UnsupportedMediaType
+            | ProblemType::InvalidClient => Self::new(problem, detail()),
+            // One answer for every credential failure: which part was wrong is
+            // not told.
+            ProblemType::InvalidCredentials => {
+                Self::unauthenticated(problem, "invalid email or password")
+            }
+            ProblemType::InvalidToken => Self::unauthenticated(problem, "invalid or expired token"),
+            ProblemType::Throttled
+            | ProblemType::RateLimited
+            | ProblemType::Overloaded
+            | ProblemType::Unavailable => Self::new(problem, detail()).retry_after(retry_after),
+            // idsvc's internal details stay in idsvc's log.
+            ProblemType::Internal => {
+                error!(message = status.message(), "ID service failed");
+                Self::internal()
+            }
         }
     }
 }
@@ -121,17 +144,13 @@ impl From<tonic::Status> for Problem {
 impl From<JsonRejection> for Problem {
     fn from(rejection: JsonRejection) -> Self {
         // Well-formed JSON of the wrong shape is a 400 like any other bad input.
-        let status = match rejection.status() {
-            StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
-            status => status,
-        };
-        let kind = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => "too-large",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
-            _ => "invalid-request",
+        let problem = match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ProblemType::TooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ProblemType::UnsupportedMediaType,
+            _ => ProblemType::InvalidRequest,
         };
         // The body text names the failing field and position, never a value.
-        Self::new(status, kind, rejection.body_text())
+        Self::new(problem, rejection.body_text())
     }
 }
 

@@ -9,7 +9,8 @@ use std::sync::OnceLock;
 use std::time::Instant;
 use tracing::Instrument;
 
-pub const REQUEST_ID: &str = "x-request-id";
+/// The request id header, named like the gRPC metadata that carries it on.
+pub const REQUEST_ID: &str = idbase_proto::problem::REQUEST_ID_METADATA_KEY;
 
 /// The request's id, as accepted or generated.
 #[derive(Clone)]

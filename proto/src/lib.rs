@@ -1,7 +1,14 @@
-//! Generated protobuf and tonic code for idbase's gRPC interfaces.
+//! idbase's gRPC interfaces: the generated protobuf and tonic code, and the
+//! error contract ([`problem`]) its services and clients share.
 
-#![allow(clippy::all, clippy::pedantic)]
+#![warn(missing_docs)]
 
+pub mod problem;
+
+pub use problem::ProblemType;
+
+/// Generated code: not held to the workspace's lints.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("idbase.v1");
 }

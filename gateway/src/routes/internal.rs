@@ -22,7 +22,7 @@ pub struct Query<T>(pub T);
 /// Upsert by legacy id: newest version wins, the same version is idempotent,
 /// and nothing older than a deletion brings the member back.
 #[utoipa::path(put, path = "/internal/v1/users/{id}", tag = "double-write", request_body = LegacyUserBody,
-    params(("id" = i64, Path, description = "The legacy member id")),
+    params(("id" = i64, Path, minimum = 1, description = "The legacy member id (positive)")),
     security(("client_token" = [])),
     responses(
         (status = 201, body = UpsertBody, description = "Created"),
@@ -64,7 +64,7 @@ pub async fn upsert(
 
 /// Delete by legacy id and leave a tombstone. Idempotent.
 #[utoipa::path(delete, path = "/internal/v1/users/{id}", tag = "double-write",
-    params(("id" = i64, Path, description = "The legacy member id"), VersionQuery),
+    params(("id" = i64, Path, minimum = 1, description = "The legacy member id (positive)"), VersionQuery),
     security(("client_token" = [])),
     responses(
         (status = 204, description = "Deleted, or already gone, or stale and ignored"),

@@ -2,12 +2,13 @@
 
 use super::AppState;
 use crate::api::{Json, LoginBody, RefreshTokenBody, TokenBody};
-use crate::problem::Problem;
+use crate::problem::{Problem, problem_of};
 use crate::telemetry::RequestId;
 use crate::upstream::Retry;
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
+use idbase_proto::ProblemType;
 use idbase_proto::v1 as pb;
 
 /// Log in. Wrong password and unknown email answer alike.
@@ -39,14 +40,10 @@ pub async fn login(
         .await;
     let outcome = match &result {
         Ok(_) => "success",
-        Err(status) => match status
-            .metadata()
-            .get("idbase-problem")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some("invalid-credentials") => "invalid_credentials",
-            Some("throttled") => "throttled",
-            Some("overloaded") => "overloaded",
+        Err(status) => match problem_of(status) {
+            Some(ProblemType::InvalidCredentials) => "invalid_credentials",
+            Some(ProblemType::Throttled) => "throttled",
+            Some(ProblemType::Overloaded) => "overloaded",
             _ => "error",
         },
     };

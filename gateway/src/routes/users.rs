@@ -18,7 +18,7 @@ use idbase_proto::v1 as pb;
 #[utoipa::path(post, path = "/v1/users", tag = "users", request_body = RegisterBody,
     security(("client_token" = [])),
     params(
-        ("Idempotency-Key" = Option<String>, Header, max_length = 255,
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$",
             description = "Makes the request safe to retry: 1 to 255 printable ASCII characters, e.g. a UUID"),
     ),
     responses(

@@ -12,11 +12,13 @@ pub mod budget;
 pub mod ejection;
 pub mod health;
 pub mod pool;
+pub mod tls;
 pub mod trace;
 
 use crate::problem::Problem;
 use budget::RetryBudget;
 use ejection::EjectionPolicy;
+use idbase_proto::problem::{PROBLEM_METADATA_KEY, REQUEST_ID_METADATA_KEY};
 use idbase_proto::v1::{self as pb, identity_client::IdentityClient};
 use pool::{Endpoint, Pool};
 use std::future::Future;
@@ -25,6 +27,27 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+// Defaults: Envoy's where Envoy has one.
+/// Far above a healthy read (milliseconds), so only a stuck try moves on.
+pub const DEFAULT_PER_TRY_TIMEOUT_MS: u64 = 1_000;
+/// Fits a queued argon2 hash and stays inside idsvc's 10 s refresh grace window.
+pub const DEFAULT_DEADLINE_MS: u64 = 10_000;
+/// Envoy's retry budget: retries add at most a fifth to the load in an outage.
+pub const DEFAULT_RETRY_BUDGET_PERCENT: u32 = 20;
+/// Envoy's floor, so a quiet gateway can still retry.
+pub const DEFAULT_MIN_RETRIES_PER_SEC: u32 = 10;
+/// Envoy's `consecutive_5xx`: a few failures in a row, not one blip.
+pub const DEFAULT_EJECT_AFTER: u32 = 5;
+/// Envoy's `base_ejection_time`.
+pub const DEFAULT_BASE_EJECTION_MS: u64 = 30_000;
+/// Envoy's `max_ejection_time`.
+pub const DEFAULT_MAX_EJECTION_MS: u64 = 300_000;
+/// Often enough that a recovered cluster is back within a second.
+pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 1_000;
+/// One small call a minute per gateway pod; a compromised key that idsvc
+/// stops publishing is refused a minute later.
+pub const DEFAULT_JWKS_REFRESH_MS: u64 = 60_000;
 
 /// Flags for the way to idsvc (`idbase gateway`).
 #[derive(Clone, Debug, clap::Args)]
@@ -36,55 +59,57 @@ pub struct UpstreamArgs {
     #[arg(
         long,
         env = "IDBASE_UPSTREAM_PER_TRY_TIMEOUT_MS",
-        default_value_t = 1_000
+        default_value_t = DEFAULT_PER_TRY_TIMEOUT_MS
     )]
     pub upstream_per_try_timeout_ms: u64,
     /// Longest a whole call may take, retries included.
-    #[arg(long, env = "IDBASE_UPSTREAM_DEADLINE_MS", default_value_t = 10_000)]
+    #[arg(long, env = "IDBASE_UPSTREAM_DEADLINE_MS", default_value_t = DEFAULT_DEADLINE_MS)]
     pub upstream_deadline_ms: u64,
     /// Retries may add at most this percentage on top of the request rate.
     #[arg(
         long,
         env = "IDBASE_UPSTREAM_RETRY_BUDGET_PERCENT",
-        default_value_t = 20
+        default_value_t = DEFAULT_RETRY_BUDGET_PERCENT
     )]
     pub upstream_retry_budget_percent: u32,
     /// Retries per second allowed regardless of the budget (low traffic).
     #[arg(
         long,
         env = "IDBASE_UPSTREAM_MIN_RETRIES_PER_SEC",
-        default_value_t = 10
+        default_value_t = DEFAULT_MIN_RETRIES_PER_SEC
     )]
     pub upstream_min_retries_per_sec: u32,
     /// Consecutive failures that eject an endpoint.
-    #[arg(long, env = "IDBASE_UPSTREAM_EJECT_AFTER", default_value_t = 5)]
+    #[arg(long, env = "IDBASE_UPSTREAM_EJECT_AFTER", default_value_t = DEFAULT_EJECT_AFTER)]
     pub upstream_eject_after: u32,
     /// First ejection time; the k-th recent ejection lasts k times this.
     #[arg(
         long,
         env = "IDBASE_UPSTREAM_BASE_EJECTION_MS",
-        default_value_t = 30_000
+        default_value_t = DEFAULT_BASE_EJECTION_MS
     )]
     pub upstream_base_ejection_ms: u64,
     /// Longest ejection.
     #[arg(
         long,
         env = "IDBASE_UPSTREAM_MAX_EJECTION_MS",
-        default_value_t = 300_000
+        default_value_t = DEFAULT_MAX_EJECTION_MS
     )]
     pub upstream_max_ejection_ms: u64,
     /// How often ejected endpoints are health-checked once their time is up.
     #[arg(
         long,
         env = "IDBASE_UPSTREAM_HEALTH_INTERVAL_MS",
-        default_value_t = 1_000
+        default_value_t = DEFAULT_HEALTH_INTERVAL_MS
     )]
     pub upstream_health_interval_ms: u64,
     /// How long the gateway trusts its copy of idsvc's published signing
     /// keys: a key dropped from the JWKS stops verifying access tokens
     /// within this time.
-    #[arg(long, env = "IDBASE_JWKS_REFRESH_MS", default_value_t = 60_000)]
+    #[arg(long, env = "IDBASE_JWKS_REFRESH_MS", default_value_t = DEFAULT_JWKS_REFRESH_MS)]
     pub jwks_refresh_ms: u64,
+    #[command(flatten)]
+    pub tls: tls::UpstreamTlsArgs,
 }
 
 /// How the gateway reaches idsvc, however it was configured.
@@ -99,6 +124,8 @@ pub struct UpstreamConfig {
     pub health_interval: Duration,
     /// Re-read idsvc's JWKS at least this often (see [`UpstreamArgs`]).
     pub jwks_refresh: Duration,
+    /// Client certificate and idsvc's CA, for `https://` endpoints.
+    pub tls: Option<tls::UpstreamTlsFiles>,
 }
 
 impl UpstreamConfig {
@@ -112,25 +139,23 @@ impl UpstreamConfig {
 }
 
 impl Default for UpstreamConfig {
-    /// Envoy's defaults where Envoy has one; a per-try timeout far above a
-    /// healthy read (milliseconds) and a deadline that fits a queued argon2
-    /// hash and stays inside idsvc's 10 s refresh grace window.
+    /// The flags' defaults (`DEFAULT_*`).
     fn default() -> Self {
+        let ms = Duration::from_millis;
         Self {
             endpoints: Vec::new(),
-            per_try_timeout: Duration::from_secs(1),
-            deadline: Duration::from_secs(10),
-            retry_budget_percent: 20,
-            min_retries_per_sec: 10,
+            per_try_timeout: ms(DEFAULT_PER_TRY_TIMEOUT_MS),
+            deadline: ms(DEFAULT_DEADLINE_MS),
+            retry_budget_percent: DEFAULT_RETRY_BUDGET_PERCENT,
+            min_retries_per_sec: DEFAULT_MIN_RETRIES_PER_SEC,
             ejection: EjectionPolicy {
-                consecutive_failures: 5,
-                base: Duration::from_secs(30),
-                max: Duration::from_secs(300),
+                consecutive_failures: DEFAULT_EJECT_AFTER,
+                base: ms(DEFAULT_BASE_EJECTION_MS),
+                max: ms(DEFAULT_MAX_EJECTION_MS),
             },
-            health_interval: Duration::from_secs(1),
-            // One small call a minute per gateway pod; a compromised key
-            // that idsvc stops publishing is refused a minute later.
-            jwks_refresh: Duration::from_secs(60),
+            health_interval: ms(DEFAULT_HEALTH_INTERVAL_MS),
+            jwks_refresh: ms(DEFAULT_JWKS_REFRESH_MS),
+            tls: None,
         }
     }
 }
@@ -156,6 +181,7 @@ impl From<UpstreamArgs> for UpstreamConfig {
             },
             health_interval: ms(args.upstream_health_interval_ms),
             jwks_refresh: ms(args.jwks_refresh_ms),
+            tls: args.tls.files(),
         }
     }
 }
@@ -187,14 +213,17 @@ enum Failure {
 /// UNKNOWN / INTERNAL that tonic gives a connection reset mid-call (an idsvc
 /// killed while answering) are transport when it is missing.
 fn failure_of(status: &Status) -> Option<Failure> {
-    if status.metadata().get("idbase-problem").is_some() {
+    if status.metadata().get(PROBLEM_METADATA_KEY).is_some() {
         return None;
     }
     match status.code() {
         // hyper-util names every failure before a connection exists
-        // "tcp … error" or "dns error" (checked by a test against a closed port).
+        // "tcp … error" or "dns error" (checked by a test against a closed
+        // port), and a refused TLS handshake is `tls::HandshakeError`.
         Code::Unavailable
-            if status.message().starts_with("tcp ") || status.message().starts_with("dns ") =>
+            if ["tcp ", "dns ", "tls "]
+                .iter()
+                .any(|prefix| status.message().starts_with(prefix)) =>
         {
             Some(Failure::NotSent)
         }
@@ -216,10 +245,11 @@ impl Upstream {
     pub fn new(config: UpstreamConfig) -> anyhow::Result<Self> {
         anyhow::ensure!(!config.endpoints.is_empty(), "no idsvc endpoint given");
         let budget = RetryBudget::new(config.retry_budget_percent, config.min_retries_per_sec);
+        let client_tls = config.tls.clone().map(tls::ClientTls::load).transpose()?;
         let endpoints = config
             .endpoints
             .iter()
-            .map(|url| Endpoint::new(url, config.per_try_timeout))
+            .map(|url| Endpoint::new(url, config.per_try_timeout, client_tls.as_ref()))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let pool = Arc::new(Pool {
             endpoints,
@@ -230,6 +260,13 @@ impl Upstream {
         // for long enough to need the checker.
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(health::check_ejected(Arc::downgrade(&pool)));
+            if let Some(client_tls) = &client_tls {
+                // Stops when the endpoints (which hold the config) are gone.
+                tokio::spawn(tls::ClientTls::watch(
+                    Arc::downgrade(client_tls),
+                    tls::RELOAD_INTERVAL,
+                ));
+            }
         }
         Ok(Self { pool })
     }
@@ -344,7 +381,9 @@ impl Upstream {
 pub fn call<T>(message: T, request_id: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     if let Ok(value) = request_id.parse() {
-        request.metadata_mut().insert("x-request-id", value);
+        request
+            .metadata_mut()
+            .insert(REQUEST_ID_METADATA_KEY, value);
     }
     request
 }
@@ -358,7 +397,64 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let endpoint = Endpoint::new(&format!("http://{addr}"), Duration::from_secs(1)).unwrap();
+        let endpoint =
+            Endpoint::new(&format!("http://{addr}"), Duration::from_secs(1), None).unwrap();
+        let status = endpoint.client().get_jwks(pb::Empty {}).await.unwrap_err();
+        assert_eq!(failure_of(&status), Some(Failure::NotSent), "{status:?}");
+    }
+
+    #[tokio::test]
+    async fn plain_text_goes_only_to_loopback_and_https_needs_certificates() {
+        assert!(Upstream::new(UpstreamConfig::single("http://127.0.0.1:50051".into())).is_ok());
+        let refused = Upstream::new(UpstreamConfig::single("http://idsvc:50051".into()))
+            .err()
+            .unwrap();
+        assert!(refused.to_string().contains("loopback"), "{refused:#}");
+        let refused = Upstream::new(UpstreamConfig::single("https://idsvc:50051".into()))
+            .err()
+            .unwrap();
+        assert!(refused.to_string().contains("--idsvc-ca"), "{refused:#}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_tls_handshake_is_not_sent() {
+        // idsvc's side: a certificate the gateway's CA did not sign.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server.cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(server.signing_key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+        // The gateway's side: its own CA and client certificate.
+        let dir = tempfile::tempdir().unwrap();
+        let own = rcgen::generate_simple_self_signed(vec!["gateway".to_owned()]).unwrap();
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let files = tls::UpstreamTlsFiles {
+            ca: write("ca.crt", own.cert.pem()),
+            cert: write("tls.crt", own.cert.pem()),
+            key: write("tls.key", own.signing_key.serialize_pem()),
+        };
+        let client_tls = tls::ClientTls::load(files).unwrap();
+        let url = format!("https://localhost:{}", addr.port());
+        let endpoint = Endpoint::new(&url, Duration::from_secs(1), Some(&client_tls)).unwrap();
         let status = endpoint.client().get_jwks(pb::Empty {}).await.unwrap_err();
         assert_eq!(failure_of(&status), Some(Failure::NotSent), "{status:?}");
     }
@@ -369,7 +465,7 @@ mod tests {
         assert_eq!(failure_of(&status), Some(Failure::MaybeSent));
         status
             .metadata_mut()
-            .insert("idbase-problem", "overloaded".parse().unwrap());
+            .insert(PROBLEM_METADATA_KEY, "overloaded".parse().unwrap());
         assert_eq!(failure_of(&status), None);
         assert_eq!(failure_of(&Status::not_found("x")), None);
     }

@@ -8,7 +8,10 @@
 use super::UpstreamConfig;
 use super::budget::RetryBudget;
 use super::ejection::{EjectionPolicy, Outlier};
+use super::tls::{ClientTls, TlsConnector, is_loopback};
+use anyhow::Context;
 use idbase_proto::v1::identity_client::IdentityClient;
+use metrics::{Counter, Gauge};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -42,19 +45,66 @@ pub struct Endpoint {
     pub url: Arc<str>,
     channel: Channel,
     outlier: Mutex<Outlier>,
+    metrics: EndpointMetrics,
+}
+
+/// The endpoint's series, registered once: counting a try allocates nothing.
+struct EndpointMetrics {
+    requests: Counter,
+    retries: Counter,
+    failures: Counter,
+    ejections: Counter,
+    state: Gauge,
+}
+
+impl EndpointMetrics {
+    fn register(url: &str) -> Self {
+        let label = || [("endpoint", url.to_owned())];
+        Self {
+            requests: metrics::counter!("idbase_upstream_requests_total", &label()),
+            retries: metrics::counter!("idbase_upstream_retries_total", &label()),
+            failures: metrics::counter!("idbase_upstream_failures_total", &label()),
+            ejections: metrics::counter!("idbase_upstream_ejections_total", &label()),
+            state: metrics::gauge!("idbase_upstream_state", &label()),
+        }
+    }
 }
 
 impl Endpoint {
-    pub fn new(url: &str, connect_timeout: Duration) -> anyhow::Result<Arc<Self>> {
-        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+    /// `https://` URLs are reached over mTLS with `tls`; `http://` only on loopback.
+    pub fn new(
+        url: &str,
+        connect_timeout: Duration,
+        tls: Option<&Arc<ClientTls>>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .connect_lazy();
+            .http2_keep_alive_interval(Duration::from_secs(30));
+        let channel = match endpoint.uri().scheme_str() {
+            Some("https") => {
+                let tls = tls.with_context(|| {
+                    format!(
+                        "{url}: https needs --idsvc-ca, --idsvc-client-cert and --idsvc-client-key"
+                    )
+                })?;
+                endpoint.connect_with_connector_lazy(TlsConnector::new(Arc::clone(tls)))
+            }
+            Some("http") => {
+                anyhow::ensure!(
+                    is_loopback(endpoint.uri()),
+                    "{url}: plain-text gRPC is allowed to loopback only; use https:// with \
+                     --idsvc-ca, --idsvc-client-cert and --idsvc-client-key"
+                );
+                endpoint.connect_lazy()
+            }
+            _ => anyhow::bail!("{url}: idsvc URLs are https:// (or http:// on loopback)"),
+        };
         let endpoint = Arc::new(Self {
             url: url.into(),
             channel,
             outlier: Mutex::default(),
+            metrics: EndpointMetrics::register(url),
         });
         endpoint.publish_state(true);
         Ok(endpoint)
@@ -78,13 +128,11 @@ impl Endpoint {
     }
 
     pub fn count_request(&self) {
-        metrics::counter!("idbase_upstream_requests_total", "endpoint" => self.url.to_string())
-            .increment(1);
+        self.metrics.requests.increment(1);
     }
 
     pub fn count_retry(&self) {
-        metrics::counter!("idbase_upstream_retries_total", "endpoint" => self.url.to_string())
-            .increment(1);
+        self.metrics.retries.increment(1);
     }
 
     pub fn on_success(&self) {
@@ -92,12 +140,10 @@ impl Endpoint {
     }
 
     pub fn on_failure(&self, policy: &EjectionPolicy) {
-        metrics::counter!("idbase_upstream_failures_total", "endpoint" => self.url.to_string())
-            .increment(1);
+        self.metrics.failures.increment(1);
         if self.outlier().on_failure(policy, Instant::now()) {
             warn!(endpoint = %self.url, "idsvc endpoint ejected");
-            metrics::counter!("idbase_upstream_ejections_total", "endpoint" => self.url.to_string())
-                .increment(1);
+            self.metrics.ejections.increment(1);
             self.publish_state(false);
         }
     }
@@ -111,8 +157,7 @@ impl Endpoint {
     }
 
     fn publish_state(&self, in_rotation: bool) {
-        metrics::gauge!("idbase_upstream_state", "endpoint" => self.url.to_string())
-            .set(if in_rotation { 1.0 } else { 0.0 });
+        self.metrics.state.set(if in_rotation { 1.0 } else { 0.0 });
     }
 
     /// `grpc.health.v1` for the whole server (the empty service name, which

@@ -23,7 +23,7 @@ impl IdentityGrpc {
 fn span<T>(request: &Request<T>, method: &'static str) -> tracing::Span {
     let request_id = request
         .metadata()
-        .get("x-request-id")
+        .get(idbase_proto::problem::REQUEST_ID_METADATA_KEY)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_owned();

@@ -1,31 +1,39 @@
 //! idsvc's gRPC servers: the identity API (with `grpc.health.v1` and server
-//! reflection) and the admin port.
+//! reflection) and the admin port, both over mTLS with per-RPC authorisation
+//! by certificate identity ([`authz`]), or plain text on loopback
+//! ([`transport`]); and a plain-text health port for kubelet probes.
 
+pub mod authz;
 mod identity;
 pub mod status;
+pub mod tls;
+pub mod transport;
 
 pub use identity::IdentityGrpc;
+pub use transport::{Transport, TransportArgs};
 
 use crate::domain::IdentityService;
-use idbase_proto::v1::identity_server::IdentityServer;
+use idbase_proto::v1::identity_server::{self, IdentityServer};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
+use tonic_reflection::pb::v1::server_reflection_server as v1_reflection;
+use tonic_reflection::pb::v1alpha::server_reflection_server as v1alpha_reflection;
+use tracing::info;
 
 /// Serves the identity API until `shutdown` is cancelled, then drains.
+/// With `probes`, the same health service is also served in plain text there.
 pub async fn serve_identity(
     service: Arc<IdentityService>,
     listener: TcpListener,
+    transport: Transport,
+    probes: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<IdentityServer<IdentityGrpc>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(idbase_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
     let stopping = shutdown.clone();
     let drain = async move {
         stopping.cancelled().await;
@@ -38,22 +46,81 @@ pub async fn serve_identity(
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
     };
-    Server::builder()
+    // Probes keep answering (NOT_SERVING) until the drain is over.
+    let probes_stop = CancellationToken::new();
+    let probes = probes.map(|probes| {
+        let health_service = health_service.clone();
+        let stopping = probes_stop.clone();
+        tokio::spawn(async move {
+            info!(health = %probes.local_addr()?, "idsvc health probes listening (plain text)");
+            Server::builder()
+                .add_service(health_service)
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(probes),
+                    stopping.cancelled_owned(),
+                )
+                .await?;
+            anyhow::Ok(())
+        })
+    });
+    let incoming = transport::incoming(listener, transport, shutdown.clone());
+    let served = Server::builder()
+        .layer(authz::AuthorizeLayer)
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection(&[identity_server::SERVICE_NAME]).build_v1()?)
+        .add_service(reflection(&[identity_server::SERVICE_NAME]).build_v1alpha()?)
         .add_service(IdentityServer::new(IdentityGrpc::new(service)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
+        .serve_with_incoming_shutdown(incoming, drain)
+        .await;
+    probes_stop.cancel();
+    if let Some(probes) = probes {
+        probes.await??;
+    }
+    Ok(served?)
+}
+
+/// The admin port. Until the phase and console APIs land it serves health
+/// (and reflection) only, so probes and the SRE's tooling can already reach it.
+pub async fn serve_admin(
+    listener: TcpListener,
+    transport: Transport,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (_health, health_service) = tonic_health::server::health_reporter();
+    let incoming = transport::incoming(listener, transport, shutdown.clone());
+    Server::builder()
+        .layer(authz::AuthorizeLayer)
+        .add_service(health_service)
+        .add_service(reflection(&[]).build_v1()?)
+        .add_service(reflection(&[]).build_v1alpha()?)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     Ok(())
 }
 
-/// The admin port. Until the phase and console APIs land it serves health
-/// only, so probes and the SRE's tooling can already reach it.
-pub async fn serve_admin(listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let (_health, health_service) = tonic_health::server::health_reporter();
-    Server::builder()
-        .add_service(health_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
-        .await?;
-    Ok(())
+/// The services every port serves besides its own: health and both
+/// reflection versions.
+const COMMON_SERVICES: [&str; 3] = [
+    tonic_health::pb::health_server::SERVICE_NAME,
+    v1_reflection::SERVICE_NAME,
+    v1alpha_reflection::SERVICE_NAME,
+];
+
+/// Server reflection for `grpcurl`, `grpcui`, Postman and the like, listing
+/// exactly what one port serves (`served` plus [`COMMON_SERVICES`]). Each
+/// port serves it twice, as `grpc.reflection.v1` and as
+/// `grpc.reflection.v1alpha`, which many stock clients (Python's
+/// grpcio-reflection among them) still speak exclusively; both versions list
+/// both, so either client sees the whole port.
+fn reflection(served: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    let builder = tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(idbase_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
+    served
+        .iter()
+        .chain(&COMMON_SERVICES)
+        .fold(builder, |builder, name| builder.with_service_name(*name))
 }

@@ -1,47 +1,69 @@
 //! The one mapping from domain errors to gRPC statuses.
 //!
-//! Every status carries `idbase-problem` metadata with a stable problem type,
-//! which the gateway turns into the RFC 9457 `type` and HTTP status, and
-//! `retry-after` (seconds) where waiting helps.
+//! Every status carries [`PROBLEM_METADATA_KEY`] metadata with a stable
+//! [`ProblemType`], which the gateway turns into the RFC 9457 `type` and HTTP
+//! status, and [`RETRY_AFTER_METADATA_KEY`] (seconds) where waiting helps.
 
 use crate::domain::Error;
+use idbase_proto::ProblemType;
+use idbase_proto::problem::{PROBLEM_METADATA_KEY, RETRY_AFTER_METADATA_KEY};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 use tracing::error;
 
-pub const PROBLEM_KEY: &str = "idbase-problem";
-pub const RETRY_AFTER_KEY: &str = "retry-after";
-
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
-        let (code, problem, retry_after) = match &err {
-            Error::Invalid { .. } => (Code::InvalidArgument, "invalid-request", None),
-            Error::Conflict(_) => (Code::AlreadyExists, "conflict", None),
-            Error::KeyReused => (Code::FailedPrecondition, "idempotency-key-reused", None),
-            Error::InvalidCredentials => (Code::Unauthenticated, "invalid-credentials", None),
-            Error::InvalidToken => (Code::Unauthenticated, "invalid-token", None),
-            Error::WrongCurrentPassword => (Code::PermissionDenied, "wrong-current-password", None),
-            Error::NotFound => (Code::NotFound, "not-found", None),
-            Error::Throttled { retry_after_secs } => (
-                Code::ResourceExhausted,
-                "throttled",
-                Some(*retry_after_secs),
-            ),
-            Error::Overloaded { retry_after_secs } => (
-                Code::ResourceExhausted,
-                "overloaded",
-                Some(*retry_after_secs),
-            ),
+        let (problem, retry_after) = match &err {
+            Error::Invalid { .. } => (ProblemType::InvalidRequest, None),
+            Error::Conflict(_) => (ProblemType::Conflict, None),
+            Error::KeyReused => (ProblemType::IdempotencyKeyReused, None),
+            Error::InvalidCredentials => (ProblemType::InvalidCredentials, None),
+            Error::InvalidToken => (ProblemType::InvalidToken, None),
+            Error::WrongCurrentPassword => (ProblemType::WrongCurrentPassword, None),
+            Error::NotFound => (ProblemType::NotFound, None),
+            Error::Throttled { retry_after_secs } => {
+                (ProblemType::Throttled, Some(*retry_after_secs))
+            }
+            Error::Overloaded { retry_after_secs } => {
+                (ProblemType::Overloaded, Some(*retry_after_secs))
+            }
             Error::Internal(cause) => {
                 error!(cause = format!("{cause:#}"), "internal error");
-                (Code::Internal, "internal", None)
+                (ProblemType::Internal, None)
             }
         };
         let mut metadata = MetadataMap::new();
-        metadata.insert(PROBLEM_KEY, MetadataValue::from_static(problem));
+        metadata.insert(
+            PROBLEM_METADATA_KEY,
+            MetadataValue::from_static(problem.slug()),
+        );
         if let Some(secs) = retry_after {
-            metadata.insert(RETRY_AFTER_KEY, MetadataValue::from(secs));
+            metadata.insert(RETRY_AFTER_METADATA_KEY, MetadataValue::from(secs));
         }
-        Status::with_metadata(code, err.to_string(), metadata)
+        Status::with_metadata(code_of(problem), err.to_string(), metadata)
+    }
+}
+
+/// The gRPC code for clients that read codes, not problem types.
+fn code_of(problem: ProblemType) -> Code {
+    match problem {
+        ProblemType::InvalidRequest | ProblemType::TooLarge | ProblemType::UnsupportedMediaType => {
+            Code::InvalidArgument
+        }
+        ProblemType::Conflict => Code::AlreadyExists,
+        ProblemType::IdempotencyKeyReused => Code::FailedPrecondition,
+        ProblemType::InvalidClient
+        | ProblemType::InvalidCredentials
+        | ProblemType::InvalidToken => Code::Unauthenticated,
+        ProblemType::WrongCurrentPassword | ProblemType::Forbidden | ProblemType::Blocked => {
+            Code::PermissionDenied
+        }
+        ProblemType::NotFound => Code::NotFound,
+        ProblemType::MethodNotAllowed => Code::Unimplemented,
+        ProblemType::Throttled | ProblemType::RateLimited | ProblemType::Overloaded => {
+            Code::ResourceExhausted
+        }
+        ProblemType::Internal => Code::Internal,
+        ProblemType::Unavailable => Code::Unavailable,
     }
 }

@@ -3,9 +3,9 @@
 use idsvc::crypto::{HashingPool, KeyRing, PasswordParams};
 use idsvc::domain::{IdentityService, ManualClock, Policy};
 use idsvc::store::SqlStore;
-use rand::Rng;
-use sqlx::Connection;
 use std::sync::Arc;
+use testdb::TestDatabase;
+pub use testdb::fresh_mysql_database;
 
 pub struct Harness {
     pub service: IdentityService,
@@ -15,40 +15,13 @@ pub struct Harness {
     pub database_url: String,
     policy: Policy,
     dir: tempfile::TempDir,
+    /// Drops the MariaDB database once everything above is gone.
+    _database: Option<TestDatabase>,
 }
 
 pub enum Backend {
     Sqlite,
     MySql,
-}
-
-fn mysql_server_url() -> String {
-    std::env::var("IDBASE_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
-}
-
-/// Creates an empty database on the MariaDB server and returns its URL.
-pub async fn fresh_mysql_database() -> String {
-    let server = mysql_server_url();
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(&server)
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "MariaDB is unreachable at {server} ({e}). Start it with \
-             `start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd` \
-             or set IDBASE_TEST_MYSQL_URL."
-            )
-        });
-    let name = format!("idbase_t_{:016x}", rand::thread_rng().r#gen::<u64>());
-    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let base = server
-        .rsplit_once('/')
-        .map_or(server.as_str(), |(base, _)| base);
-    format!("{base}/{name}")
 }
 
 impl Harness {
@@ -63,9 +36,15 @@ impl Harness {
 
     pub async fn with_policy(backend: Backend, policy: Policy) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let url = match backend {
-            Backend::Sqlite => format!("sqlite://{}", dir.path().join("idbase.db").display()),
-            Backend::MySql => fresh_mysql_database().await,
+        let (url, database) = match backend {
+            Backend::Sqlite => {
+                let url = format!("sqlite://{}", dir.path().join("idbase.db").display());
+                (url, None)
+            }
+            Backend::MySql => {
+                let database = fresh_mysql_database().await.unwrap();
+                (database.url().to_owned(), Some(database))
+            }
         };
         let keys_dir = dir.path().join("keys");
         KeyRing::generate(&keys_dir).unwrap();
@@ -84,6 +63,7 @@ impl Harness {
             database_url: url,
             policy,
             dir,
+            _database: database,
         }
     }
 

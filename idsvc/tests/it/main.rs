@@ -1,6 +1,7 @@
 //! idsvc's integration tests: the store's conformance suite and the migration
 //! jobs, run on SQLite and on a real MariaDB (`IDBASE_TEST_MYSQL_URL`, default
-//! `mysql://root@127.0.0.1:3306/test`), each test on a fresh database.
+//! `mysql://root@127.0.0.1:3306/test`), each test on a fresh database; and the
+//! mTLS suite of the gRPC ports.
 
 /// Runs each listed test, `async fn NAME(backend: Backend)` in the calling
 /// module (which has `Backend` in scope), on SQLite and on MariaDB, as
@@ -20,3 +21,5 @@ mod conformance;
 mod hardening;
 mod harness;
 mod migration;
+mod mtls;
+mod reflection;

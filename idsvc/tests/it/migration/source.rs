@@ -156,7 +156,7 @@ async fn tsv_plain_gzip_and_header_sources() {
 
 #[tokio::test]
 async fn mysql_source_with_query() {
-    let legacy_url = fresh_mysql_database().await;
+    let legacy_url = fresh_mysql_database().await.unwrap();
     let pool = sqlx::AnyPool::connect(&legacy_url).await.unwrap();
     sqlx::raw_sql(DDL).execute(&pool).await.unwrap();
     for r in rows() {
