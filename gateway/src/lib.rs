@@ -2,7 +2,6 @@
 //! legacy web tier and gRPC to idsvc; it authenticates client apps, verifies
 //! access tokens, and turns every error into problem+json.
 
-
 pub mod access;
 pub mod anomaly;
 pub mod api;

@@ -1,7 +1,6 @@
 //! idsvc, the ID service: members, credentials, sessions, their storage and
 //! the migration jobs. Reached only through gRPC.
 
-
 pub mod config;
 pub mod crypto;
 pub mod domain;
