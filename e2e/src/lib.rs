@@ -201,6 +201,10 @@ impl GatewayLaunch {
                 .arg("--clients")
                 .arg(&self.clients_file)
                 .args(args)
+                // Tests and benchmarks register many members from loopback:
+                // the per-address registration rule is off unless a test
+                // passes `--registrations-per-minute` (a flag beats the env).
+                .env("IDBASE_REGISTRATIONS_PER_MINUTE", "0")
                 .env("RUST_LOG", &self.log_level)
                 .stdout(Stdio::null())
                 .spawn()

@@ -6,6 +6,7 @@ use crate::clock::Clock;
 use crate::iptable::DEFAULT_IPV6_PREFIX_LEN;
 use crate::problem::Problem;
 use crate::waf::Waf;
+use crate::waf::registration::RegistrationLimit;
 use crate::waf::rules::Decision;
 use crate::waf::source_ip::{SourceIp, TrustedProxies};
 use axum::extract::{ConnectInfo, Request, State};
@@ -32,6 +33,11 @@ pub struct EdgeArgs {
     #[arg(long, env = "IDBASE_IPV6_PREFIX_LEN", default_value_t = DEFAULT_IPV6_PREFIX_LEN,
           value_parser = clap::value_parser!(u8).range(1..=128))]
     pub ipv6_prefix_len: u8,
+    /// Registrations (`POST /v1/users`) per source address per minute; over
+    /// it, 429 with Retry-After. 0 turns the rule off.
+    #[arg(long, env = "IDBASE_REGISTRATIONS_PER_MINUTE",
+          default_value_t = crate::waf::registration::DEFAULT_REGISTRATIONS_PER_MINUTE)]
+    pub registrations_per_minute: u64,
     #[command(flatten)]
     pub anomaly: AnomalyArgs,
 }
@@ -42,6 +48,8 @@ pub struct Edge {
     pub trusted: TrustedProxies,
     pub waf: Option<Arc<Waf>>,
     pub anomaly: Option<Arc<LoginAnomaly>>,
+    /// The built-in rate rule on registration; `None` when turned off.
+    pub registrations: Option<Arc<RegistrationLimit>>,
 }
 
 impl Edge {
@@ -54,11 +62,14 @@ impl Edge {
             .map(|path| Waf::load(&path, clock.clone(), crate::waf::DEFAULT_RATE_CAPACITY))
             .transpose()?
             .map(|waf| Arc::new(waf.with_ipv6_prefix(prefix)));
+        let registrations =
+            RegistrationLimit::new(args.registrations_per_minute, prefix, clock.clone());
         let anomaly = LoginAnomaly::new(args.anomaly, clock)?.with_ipv6_prefix(prefix);
         Ok(Self {
             trusted: TrustedProxies::new(args.trusted_proxies),
             waf,
             anomaly: Some(Arc::new(anomaly)),
+            registrations,
         })
     }
 }

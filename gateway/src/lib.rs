@@ -98,8 +98,12 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
             put(internal::upsert).delete(internal::delete),
         )
         .route_layer(from_fn(clients::require_internal));
+    let mut register = post(users::register);
+    if let Some(rule) = &edge.registrations {
+        register = register.layer(from_fn_with_state(rule.clone(), waf::registration::limit));
+    }
     let clients_only = Router::new()
-        .route("/v1/users", post(users::register))
+        .route("/v1/users", register)
         .route(
             "/v1/users/me",
             get(users::me)

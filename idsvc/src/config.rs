@@ -7,8 +7,9 @@ use crate::crypto::PasswordParams;
 use crate::crypto::legacy_hash::LegacyHashLimits;
 use crate::crypto::password::DEFAULT_ARGON2_QUEUE;
 use crate::domain::{
-    DEFAULT_ACCESS_TTL_SECS, DEFAULT_CREDENTIAL_FAILURE_FLOOR_MS, DEFAULT_LOGIN_FAILURE_LIMIT,
-    DEFAULT_MIN_PASSWORD_CHARS, DEFAULT_REFRESH_GRACE_SECS, DEFAULT_REFRESH_TTL_DAYS, Policy,
+    DEFAULT_ACCESS_TTL_SECS, DEFAULT_CREDENTIAL_FAILURE_FLOOR_MS, DEFAULT_EMAIL_FAILURE_FACTOR,
+    DEFAULT_LOGIN_FAILURE_LIMIT, DEFAULT_MIN_PASSWORD_CHARS, DEFAULT_REFRESH_GRACE_SECS,
+    DEFAULT_REFRESH_TTL_DAYS, DEFAULT_SESSION_IDLE_DAYS, DEFAULT_SESSION_MAX_DAYS, Policy,
     ThrottlePolicy, days,
 };
 use std::net::SocketAddr;
@@ -86,9 +87,20 @@ pub struct PolicyArgs {
     /// Seconds a rotated refresh token may come back (a client that missed our answer).
     #[arg(long, env = "IDBASE_REFRESH_GRACE_SECS", default_value_t = DEFAULT_REFRESH_GRACE_SECS)]
     pub refresh_grace_secs: u64,
-    /// Failed logins per account before it is locked with exponential backoff (max 15 min).
+    /// Absolute session lifetime in days from login; refreshing never extends it.
+    #[arg(long, env = "IDBASE_SESSION_MAX_DAYS", default_value_t = DEFAULT_SESSION_MAX_DAYS)]
+    pub session_max_days: u64,
+    /// Days without a refresh after which a session cannot rotate any more.
+    #[arg(long, env = "IDBASE_SESSION_IDLE_DAYS", default_value_t = DEFAULT_SESSION_IDLE_DAYS)]
+    pub session_idle_days: u64,
+    /// Failed logins per email and source network (/24, /64) before that pair is locked with
+    /// exponential backoff (max 15 min).
     #[arg(long, env = "IDBASE_LOGIN_FAILURE_LIMIT", default_value_t = DEFAULT_LOGIN_FAILURE_LIMIT)]
     pub login_failure_limit: i64,
+    /// An email locks on its own after this many times the limit of failures
+    /// from any networks (the limit applies per email and source network).
+    #[arg(long, env = "IDBASE_LOGIN_FAILURE_EMAIL_FACTOR", default_value_t = DEFAULT_EMAIL_FAILURE_FACTOR)]
+    pub login_failure_email_factor: i64,
     /// Least milliseconds a failed login or current-password check takes (padded
     /// with a sleep), so timing does not tell which accounts exist or how their
     /// password is hashed.
@@ -122,8 +134,11 @@ impl From<&PolicyArgs> for ServiceConfig {
                 access_ttl: Duration::from_secs(args.access_ttl_secs),
                 refresh_ttl: days(args.refresh_ttl_days),
                 refresh_grace: Duration::from_secs(args.refresh_grace_secs),
+                session_max_age: days(args.session_max_days),
+                session_idle: days(args.session_idle_days),
                 throttle: ThrottlePolicy {
                     limit: args.login_failure_limit,
+                    email_factor: args.login_failure_email_factor,
                     ..ThrottlePolicy::default()
                 },
                 legacy_hash_limits: args.legacy_hash_limits,

@@ -5,11 +5,14 @@ use crate::api::{Json, LoginBody, RefreshTokenBody, TokenBody};
 use crate::problem::{Problem, problem_of};
 use crate::telemetry::RequestId;
 use crate::upstream::Retry;
+use crate::waf::source_ip::SourceIp;
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use idbase_proto::ProblemType;
 use idbase_proto::v1 as pb;
+use ipnet::IpNet;
+use std::net::IpAddr;
 
 /// Log in. Wrong password and unknown email answer alike.
 #[utoipa::path(post, path = "/v1/sessions", tag = "sessions", request_body = LoginBody,
@@ -26,11 +29,14 @@ use idbase_proto::v1 as pb;
 pub async fn login(
     State(state): State<AppState>,
     Extension(RequestId(rid)): Extension<RequestId>,
+    source: Option<Extension<SourceIp>>,
     Json(body): Json<LoginBody>,
 ) -> Result<Json<TokenBody>, Problem> {
     let request = pb::LoginRequest {
         email: body.email,
         password: body.password,
+        source_network: source
+            .map_or_else(String::new, |Extension(SourceIp(ip))| source_network(ip)),
     };
     let result = state
         .upstream
@@ -106,4 +112,37 @@ pub async fn revoke(
         })
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The network idsvc's login throttle counts a source address under: IPv4
+/// by /24, IPv6 by /64 (an IPv4-mapped address as IPv4). A member's own
+/// network is then locked apart from an attacker's.
+fn source_network(ip: IpAddr) -> String {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    };
+    let prefix = if ip.is_ipv4() { 24 } else { 64 };
+    IpNet::new(ip, prefix).map_or_else(|_| ip.to_string(), |net| net.trunc().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::source_network;
+
+    #[test]
+    fn source_networks_are_ipv4_24_and_ipv6_64() {
+        assert_eq!(
+            source_network("203.0.113.77".parse().unwrap()),
+            "203.0.113.0/24"
+        );
+        assert_eq!(
+            source_network("2001:db8:1:2:3:4:5:6".parse().unwrap()),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            source_network("::ffff:198.51.100.9".parse().unwrap()),
+            "198.51.100.0/24"
+        );
+    }
 }

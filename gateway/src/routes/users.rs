@@ -29,6 +29,7 @@ use idbase_proto::v1 as pb;
         (status = 413, body = Problem, content_type = "application/problem+json", description = "Body too large"),
         (status = 415, body = Problem, content_type = "application/problem+json", description = "Not JSON"),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "Idempotency-Key already used with a different request"),
+        (status = 429, body = Problem, content_type = "application/problem+json", description = "Too many registrations from this address; see Retry-After"),
         (status = 503, body = Problem, content_type = "application/problem+json", description = "Overloaded; see Retry-After"),
     ))]
 pub async fn register(

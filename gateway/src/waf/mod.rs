@@ -2,6 +2,7 @@
 //! [`rules`]), re-read when the file changes. A file that does not parse or
 //! validate is rejected with one error log line and the rules in force stay.
 
+pub mod registration;
 pub mod rules;
 pub mod source_ip;
 

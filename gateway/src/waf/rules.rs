@@ -169,7 +169,7 @@ impl RateState {
     /// Counts a request from the source `key` (see
     /// [`crate::iptable::source_key`]); over `limit`, the seconds until it may
     /// retry.
-    fn hit(&self, key: IpAddr, now_ms: u64, limit: u64) -> Option<u64> {
+    pub(crate) fn hit(&self, key: IpAddr, now_ms: u64, limit: u64) -> Option<u64> {
         let window_ms = self.window_ms;
         self.table.update(key, now_ms, |entry| {
             entry.window_ms = window_ms;

@@ -57,6 +57,7 @@ fn setup(rules: &str) -> Setup {
         trusted: TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap()]),
         waf: Some(waf.clone()),
         anomaly: None,
+        registrations: None,
     };
     let app = router(GatewayConfig {
         // Never dialled: /healthz does not call idsvc.
@@ -306,5 +307,67 @@ async fn a_flood_of_fresh_addresses_does_not_reset_a_busy_counter() {
     assert!(
         limited(&rules.evaluate(busy, busy, "", 2_000)),
         "the flood reset the busy address's counter"
+    );
+}
+
+/// Registration is under a per-source rate rule by default, WAF file or not:
+/// the 11th `POST /v1/users` from one address within a minute gets 429 with
+/// Retry-After; another address, and the same one a minute later, pass.
+#[tokio::test]
+async fn the_eleventh_registration_from_one_address_in_a_minute_is_refused() {
+    gateway::telemetry::prometheus();
+    let clock = Clock::manual();
+    let edge = Edge {
+        registrations: gateway::waf::registration::RegistrationLimit::new(
+            gateway::waf::registration::DEFAULT_REGISTRATIONS_PER_MINUTE,
+            64,
+            clock.clone(),
+        ),
+        ..Edge::default()
+    };
+    let app = router(GatewayConfig {
+        // Never answers: registrations that pass the rule end in 502/503.
+        upstream: gateway::upstream::UpstreamConfig::single("http://127.0.0.1:9".to_owned()),
+        clients: Clients::from_tokens([("web", gateway::clients::ClientClass::Web, "web-token")]),
+        max_body_bytes: 1024,
+        edge,
+    })
+    .unwrap();
+    let register = |peer: &str| {
+        let peer: SocketAddr = peer.parse().unwrap();
+        let mut request = Request::post("/v1/users")
+            .header("client-token", "web-token")
+            .header("content-type", "application/json")
+            .body(Body::from(
+                r#"{"email":"a@example.com","password":"correct horse battery"}"#,
+            ))
+            .unwrap();
+        request.extensions_mut().insert(ConnectInfo(peer));
+        app.clone().oneshot(request)
+    };
+    for n in 1..=10 {
+        let response = register("192.0.2.10:4000").await.unwrap();
+        assert_ne!(
+            response.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "registration {n}"
+        );
+    }
+    let refused = register("192.0.2.10:4001").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+    assert_ne!(
+        register("192.0.2.11:4000").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    clock.advance(Duration::from_secs(120));
+    assert_ne!(
+        register("192.0.2.10:4000").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
     );
 }

@@ -134,6 +134,11 @@ impl BlindIndex {
         self.digest(b"login-throttle", normalised_email)
     }
 
+    /// The login throttle's key for one email from one source network.
+    pub fn login_throttle_from(&self, normalised_email: &str, network: &str) -> [u8; 32] {
+        self.digest_parts(b"login-throttle-network", &[normalised_email, network])
+    }
+
     /// The key of a registration's `Idempotency-Key`, scoped to its client.
     pub fn registration_key(&self, client: &str, key: &str) -> [u8; 32] {
         self.digest_parts(b"registration-key", &[client, key])

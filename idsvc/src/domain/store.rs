@@ -105,9 +105,15 @@ pub struct Rotation<'a> {
     /// Hash of the successor token, which names its session too: made once
     /// the session is known.
     pub successor: &'a (dyn Fn(UserId, &str) -> [u8; 32] + Send + Sync),
+    /// `now` + the refresh TTL; the store caps it at the session's start +
+    /// `max_age_ms`.
     pub expires_at: Millis,
     pub now: Millis,
     pub grace_ms: i64,
+    /// Absolute session lifetime from the session's start (login).
+    pub max_age_ms: i64,
+    /// The presented token must have been issued less than this long ago.
+    pub idle_ms: i64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -154,12 +160,16 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_user(&self, id: UserId, version: i64, now: Millis) -> StoreResult<bool>;
     async fn tombstone(&self, id: UserId) -> StoreResult<Option<Tombstone>>;
     /// Double write: newest version wins, tombstones win over older upserts.
-    /// Returns the outcome and the version now stored for the id.
+    /// An update that changes the email index or the password hash revokes
+    /// all the member's sessions in the same transaction. Returns the outcome and the version now stored for the id.
     async fn upsert_legacy(&self, row: &UserRow) -> StoreResult<(UpsertOutcome, i64)>;
 
     async fn create_session(&self, token: NewRefreshToken<'_>, now: Millis) -> StoreResult<()>;
     /// Rotates the presented token into its successor. A token rotated less
     /// than `grace_ms` ago may be presented once more while its child is unused.
+    /// A session past `max_age_ms` from its start, or a token older than
+    /// `idle_ms`, does not rotate; the successor expires at the earlier of
+    /// `expires_at` and the session's start + `max_age_ms`.
     async fn rotate_refresh_token(&self, rotation: Rotation<'_>) -> StoreResult<RotateOutcome>;
     /// Revokes the session the token belongs to; its owner if there was one.
     async fn revoke_session_of(&self, token: &[u8], now: Millis) -> StoreResult<Option<UserId>>;

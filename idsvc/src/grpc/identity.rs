@@ -2,7 +2,8 @@
 //! the domain, nothing else.
 
 use crate::domain::{
-    self, IdempotencyKey, IdentityService, LegacyUser, Principal, UpsertOutcome, UserChanges,
+    self, IdempotencyKey, IdentityService, LegacyUser, Principal, SourceNetwork, UpsertOutcome,
+    UserChanges,
 };
 use idbase_proto::v1::{self as pb, identity_server::Identity};
 use std::sync::Arc;
@@ -82,9 +83,13 @@ impl Identity for IdentityGrpc {
     ) -> Result<Response<pb::TokenPair>, Status> {
         let span = span(&request, "login");
         let r = request.into_inner();
+        let source = match r.source_network.as_str() {
+            "" => None,
+            text => Some(SourceNetwork::parse(text)?),
+        };
         let pair = self
             .service
-            .login(&r.email, &r.password)
+            .login_from(&r.email, &r.password, source)
             .instrument(span)
             .await?;
         Ok(Response::new(token_pair(pair)))

@@ -1,9 +1,10 @@
 //! The same behaviour on every backend.
 
 use crate::harness::{Backend, Harness};
+use idsvc::crypto::{HashingPool, KeyRing, PasswordParams};
 use idsvc::domain::{
-    Error, IdempotencyKey, LegacyUser, Policy, Principal, REGISTRATION_KEY_TTL, Store,
-    ThrottlePolicy, UpsertOutcome, UserChanges,
+    Error, IdempotencyKey, LegacyUser, Policy, Principal, REGISTRATION_KEY_TTL, SourceNetwork,
+    Store, ThrottlePolicy, UpsertOutcome, UserChanges,
 };
 use jsonwebtoken::{DecodingKey, Validation};
 use sqlx::Row;
@@ -28,6 +29,9 @@ on_both_backends!(
     no_plaintext_personal_data_at_rest,
     outdated_hash_is_upgraded_on_login,
     legacy_schemes_log_in_and_upgrade_to_argon2id,
+    double_write_of_new_credentials_ends_sessions,
+    session_lifetime_is_capped_and_idle_sessions_end,
+    one_network_cannot_lock_out_a_member_but_many_lock_the_email,
 );
 
 pub(crate) fn principal_of(h: &Harness, access: &str) -> Principal {
@@ -410,7 +414,11 @@ async fn tokens_that_name_no_session_still_rotate(backend: Backend) {
         user_id: me.user_id,
         expires_at: i64::MAX / 2,
     };
-    h.store.create_session(token, 0).await.unwrap();
+    // Started now: a session is bounded by its lifetime from its start.
+    h.store
+        .create_session(token, idsvc::domain::Clock::now_ms(&*h.clock))
+        .await
+        .unwrap();
     let rotated = h.service.refresh(&bare).await.unwrap();
     assert_eq!(
         tokens::refresh_token_session(&rotated.refresh_token),
@@ -829,4 +837,197 @@ async fn legacy_schemes_log_in_and_upgrade_to_argon2id(backend: Backend) {
         matches!(&err, Error::Invalid { field: "password_hash", reason } if reason.contains("unsupported")),
         "{err:?}"
     );
+}
+
+/// A double write that changes the password hash or the sign-in email ends
+/// the member's sessions; one that changes neither keeps them.
+async fn double_write_of_new_credentials_ends_sessions(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let hash = idsvc::crypto::PasswordParams::CHEAP.hash(PASSWORD).unwrap();
+    let s = &h.service;
+    s.upsert_legacy(legacy(2001, "jiro@example.com", 1, &hash))
+        .await
+        .unwrap();
+    let tokens = s.login("jiro@example.com", PASSWORD).await.unwrap();
+    // Phone only, then the very same values at a newer version: sessions stay.
+    let mut phone_only = legacy(2001, "jiro@example.com", 2, &hash);
+    phone_only.phone = Some("0398765432".into());
+    s.upsert_legacy(phone_only).await.unwrap();
+    let tokens = s.refresh(&tokens.refresh_token).await.unwrap();
+    s.upsert_legacy(legacy(2001, "jiro@example.com", 3, &hash))
+        .await
+        .unwrap();
+    let tokens = s.refresh(&tokens.refresh_token).await.unwrap();
+    // A new password hash (the same password, a new salt is still a new hash).
+    let new_hash = idsvc::crypto::PasswordParams::CHEAP.hash(PASSWORD).unwrap();
+    assert_eq!(
+        s.upsert_legacy(legacy(2001, "jiro@example.com", 4, &new_hash))
+            .await
+            .unwrap(),
+        (UpsertOutcome::Updated, 4)
+    );
+    assert!(matches!(
+        s.refresh(&tokens.refresh_token).await,
+        Err(Error::InvalidToken)
+    ));
+    // A new email.
+    let tokens = s.login("jiro@example.com", PASSWORD).await.unwrap();
+    s.upsert_legacy(legacy(2001, "jiro.new@example.com", 5, &new_hash))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.refresh(&tokens.refresh_token).await,
+        Err(Error::InvalidToken)
+    ));
+    s.login("jiro.new@example.com", PASSWORD).await.unwrap();
+}
+
+/// Rotation never carries a session past its absolute lifetime from login,
+/// and a session unused for the idle timeout cannot rotate.
+async fn session_lifetime_is_capped_and_idle_sessions_end(backend: Backend) {
+    const DAY: Duration = Duration::from_secs(86_400);
+    let policy = Policy {
+        refresh_ttl: DAY * 30,
+        session_max_age: DAY * 90,
+        session_idle: DAY * 10,
+        ..Policy::default()
+    };
+    let h = Harness::with_policy(backend, policy).await;
+    let mut tokens = signed_in(&h).await;
+    // Used every 9 days: never idle, but the 90th day from login ends it.
+    for _ in 0..9 {
+        h.clock.advance(DAY * 9);
+        tokens = h.service.refresh(&tokens.refresh_token).await.unwrap();
+    }
+    // Day 81: the successor expires at day 90, not day 111.
+    h.clock.advance(DAY * 9 - Duration::from_secs(1));
+    tokens = h.service.refresh(&tokens.refresh_token).await.unwrap();
+    h.clock.advance(Duration::from_secs(2));
+    assert!(matches!(
+        h.service.refresh(&tokens.refresh_token).await,
+        Err(Error::InvalidToken)
+    ));
+
+    // Idle: a fresh session left alone past the idle timeout cannot rotate,
+    // although its refresh token has not expired.
+    let idle = h
+        .service
+        .login("hanako@example.com", PASSWORD)
+        .await
+        .unwrap();
+    h.clock.advance(DAY * 10 + Duration::from_secs(1));
+    assert!(matches!(
+        h.service.refresh(&idle.refresh_token).await,
+        Err(Error::InvalidToken)
+    ));
+    // Just inside the idle timeout it rotates.
+    let active = h
+        .service
+        .login("hanako@example.com", PASSWORD)
+        .await
+        .unwrap();
+    h.clock.advance(DAY * 10 - Duration::from_secs(1));
+    h.service.refresh(&active.refresh_token).await.unwrap();
+}
+
+/// A taken email answers 409 only after the same password hashing as a new
+/// registration, so timing does not tell which emails are members. With
+/// production-cost argon2 the hash dominates both paths: skipping it would
+/// make the taken path a small fraction of a registration.
+#[tokio::test]
+async fn registration_of_a_taken_email_costs_a_password_hash() {
+    let h = Harness::new(Backend::Sqlite).await;
+    let keys = KeyRing::load(&h.store_dir().join("keys")).unwrap();
+    let hashing = HashingPool::new(PasswordParams::default(), 1, 64).unwrap();
+    let service = idsvc::domain::IdentityService::new(
+        h.store.clone(),
+        h.clock.clone(),
+        &keys,
+        hashing,
+        Policy::default(),
+    )
+    .unwrap();
+    service
+        .register("taken@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    let (mut fresh, mut taken) = (Vec::new(), Vec::new());
+    for round in 0..7 {
+        let started = std::time::Instant::now();
+        service
+            .register(&format!("fresh{round}@example.com"), PASSWORD, None)
+            .await
+            .unwrap();
+        fresh.push(started.elapsed());
+        let started = std::time::Instant::now();
+        let refused = service.register("taken@example.com", PASSWORD, None).await;
+        taken.push(started.elapsed());
+        assert!(matches!(refused, Err(Error::Conflict(_))), "{refused:?}");
+    }
+    fresh.sort();
+    taken.sort();
+    let (fresh, taken) = (fresh[3], taken[3]);
+    assert!(
+        taken * 2 >= fresh,
+        "taken email: median {taken:?}, new email: median {fresh:?}"
+    );
+}
+
+/// Failed logins lock the (email, source network) pair at the limit and the
+/// email alone only at `limit × email_factor`: an attacker on one network
+/// cannot lock out the member signing in from another, while guesses spread
+/// over many networks still lock the email.
+async fn one_network_cannot_lock_out_a_member_but_many_lock_the_email(backend: Backend) {
+    let policy = Policy {
+        throttle: ThrottlePolicy {
+            limit: 3,
+            email_factor: 5,
+            ..ThrottlePolicy::default()
+        },
+        ..Policy::default()
+    };
+    let h = Harness::with_policy(backend, policy).await;
+    let s = &h.service;
+    s.register("hanako@example.com", PASSWORD, None)
+        .await
+        .unwrap();
+    let network = |text: &str| Some(SourceNetwork::parse(text).unwrap());
+    let attacker = network("198.51.100.7");
+    for _ in 0..3 {
+        assert!(matches!(
+            s.login_from("hanako@example.com", "wrong guess here", attacker)
+                .await,
+            Err(Error::InvalidCredentials)
+        ));
+    }
+    // The attacker's network is locked, another address in its /24 too ...
+    assert!(matches!(
+        s.login_from("hanako@example.com", PASSWORD, network("198.51.100.200"))
+            .await,
+        Err(Error::Throttled { .. })
+    ));
+    // ... but the member at home is not.
+    s.login_from("hanako@example.com", PASSWORD, network("203.0.113.9"))
+        .await
+        .unwrap();
+    // A distributed attack: one guess from each of 15 networks (5 × 3).
+    for n in 0..15 {
+        let from = network(&format!("192.0.{n}.1"));
+        assert!(matches!(
+            s.login_from("hanako@example.com", "wrong guess here", from)
+                .await,
+            Err(Error::InvalidCredentials)
+        ));
+    }
+    assert!(matches!(
+        s.login_from("hanako@example.com", PASSWORD, network("203.0.113.9"))
+            .await,
+        Err(Error::Throttled { .. })
+    ));
+    // IPv6 is counted per /64.
+    assert_eq!(
+        SourceNetwork::parse("2001:db8:1:2:aaaa::1").unwrap(),
+        SourceNetwork::parse("2001:db8:1:2::/64").unwrap()
+    );
+    assert!(SourceNetwork::parse("not an address").is_err());
 }

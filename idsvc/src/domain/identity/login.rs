@@ -5,19 +5,35 @@ use super::{IdentityService, TokenPair, next_version};
 use crate::crypto::legacy_hash;
 use crate::crypto::password::Verification;
 use crate::domain::password::reject_oversized;
-use crate::domain::{Email, Error, Password, Result, UserRow};
+use crate::domain::{Email, Error, LoginThrottleKeys, Password, Result, SourceNetwork, UserRow};
 use tokio::time::Instant;
 use tracing::warn;
 use zeroize::Zeroizing;
 
 impl IdentityService {
+    /// Logs in from an unknown network (all such logins share one).
     pub async fn login(&self, email: &str, password: &str) -> Result<TokenPair> {
+        self.login_from(email, password, None).await
+    }
+
+    /// Logs in; failures are counted per (email, `source`) and per email
+    /// (see `domain::throttle`).
+    pub async fn login_from(
+        &self,
+        email: &str,
+        password: &str,
+        source: Option<SourceNetwork>,
+    ) -> Result<TokenPair> {
         let email = Email::parse(email).map_err(|_| Error::InvalidCredentials)?;
         let started = Instant::now();
-        let throttle_key = self.index.login_throttle(email.as_str());
+        let network = source.map_or_else(|| "unknown".to_owned(), |n| n.as_text());
+        let throttle_keys = LoginThrottleKeys {
+            pair: self.index.login_throttle_from(email.as_str(), &network),
+            email: self.index.login_throttle(email.as_str()),
+        };
         self.policy
             .throttle
-            .begin_attempt(&*self.store, &*self.clock, &throttle_key)
+            .begin_login(&*self.store, &*self.clock, &throttle_keys)
             .await?;
         let user = self
             .store
@@ -38,7 +54,7 @@ impl IdentityService {
         };
         self.policy
             .throttle
-            .succeeded(&*self.store, &throttle_key)
+            .login_succeeded(&*self.store, &throttle_keys)
             .await?;
         if verification == Verification::MatchNeedsRehash {
             self.upgrade_hash(&user, password).await;

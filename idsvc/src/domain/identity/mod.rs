@@ -35,6 +35,16 @@ pub const DEFAULT_REFRESH_TTL_DAYS: u64 = 30;
 /// How long a rotated refresh token may come back: long enough for a client
 /// that missed our answer to retry, short enough that a thief cannot use it.
 pub const DEFAULT_REFRESH_GRACE_SECS: u64 = 10;
+/// Absolute session lifetime from login: rotation never carries a session
+/// past it, so a stolen refresh token used monthly still dies (OWASP ASVS
+/// 3.3.2 asks for re-authentication at least every 30 days for L2 apps with
+/// step-up; 90 days is the common consumer-app ceiling, as Cognito's and
+/// Keycloak's "SSO Session Max" defaults allow up to).
+pub const DEFAULT_SESSION_MAX_DAYS: u64 = 90;
+/// A session unused this long cannot rotate. The refresh TTL already ends an
+/// unused token after 30 days; the idle timeout keeps that rule when an
+/// operator lengthens the refresh TTL, and can be set shorter on its own.
+pub const DEFAULT_SESSION_IDLE_DAYS: u64 = DEFAULT_REFRESH_TTL_DAYS;
 
 /// The least time a failed credential check (login, current password) takes,
 /// measured from its start; failures are padded to it with an async sleep.
@@ -55,6 +65,10 @@ pub struct Policy {
     pub refresh_ttl: Duration,
     /// How long a just-rotated refresh token may be presented again.
     pub refresh_grace: Duration,
+    /// Absolute session lifetime, counted from login.
+    pub session_max_age: Duration,
+    /// A session not refreshed for this long cannot rotate.
+    pub session_idle: Duration,
     pub throttle: ThrottlePolicy,
     /// The costliest legacy hash a double write or an import may carry.
     pub legacy_hash_limits: LegacyHashLimits,
@@ -70,6 +84,8 @@ impl Default for Policy {
             access_ttl: Duration::from_secs(DEFAULT_ACCESS_TTL_SECS),
             refresh_ttl: days(DEFAULT_REFRESH_TTL_DAYS),
             refresh_grace: Duration::from_secs(DEFAULT_REFRESH_GRACE_SECS),
+            session_max_age: days(DEFAULT_SESSION_MAX_DAYS),
+            session_idle: days(DEFAULT_SESSION_IDLE_DAYS),
             throttle: ThrottlePolicy::default(),
             legacy_hash_limits: LegacyHashLimits::default(),
             credential_failure_floor: Duration::from_millis(DEFAULT_CREDENTIAL_FAILURE_FLOOR_MS),

@@ -76,16 +76,20 @@ impl IdentityService {
             return Ok(user);
         }
         let index = self.index.email(email.as_str());
-        // Cheap check first, so a taken email costs no hashing; the unique
-        // index still decides races. Either way, a retry of this request may
-        // have lost to its first attempt, which registered meanwhile.
+        // Hashed before the email is looked up: a taken email answers 409
+        // (as Cognito and Keycloak do) but only after the same work as a new
+        // one, so response time does not tell which emails are members; the
+        // gateway's per-source rate rule on registration bounds how fast
+        // anyone can ask. The unique index still decides races. Either way,
+        // a retry of this request may have lost to its first attempt, which
+        // registered meanwhile.
+        let hash = self.hash(password).await?;
         if self.store.user_by_email_index(&index).await?.is_some() {
             return self
                 .registered_by(key.as_ref(), now)
                 .await?
                 .ok_or(Error::Conflict("email is already in use"));
         }
-        let hash = self.hash(password).await?;
         let seal = |id| self.seal(id, &email, phone.as_ref());
         let new = NewUser {
             email_index: &index,

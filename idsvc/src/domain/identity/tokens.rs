@@ -25,6 +25,8 @@ impl IdentityService {
                 expires_at: now + millis(self.policy.refresh_ttl),
                 now,
                 grace_ms: millis(self.policy.refresh_grace),
+                max_age_ms: millis(self.policy.session_max_age),
+                idle_ms: millis(self.policy.session_idle),
             })
             .await?;
         match outcome {
@@ -79,7 +81,7 @@ impl IdentityService {
             hash: &tokens::refresh_token_hash(&refresh),
             session_id: &session_id,
             user_id,
-            expires_at: now + millis(self.policy.refresh_ttl),
+            expires_at: now + millis(self.policy.refresh_ttl.min(self.policy.session_max_age)),
         };
         self.store.create_session(token, now).await?;
         self.token_pair(user_id, &session_id, refresh, now)

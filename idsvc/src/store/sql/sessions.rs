@@ -57,19 +57,32 @@ async fn rotate_current(
 ) -> StoreResult<bool> {
     let _writer = store.writer().await;
     let next = (r.successor)(user_id, session_id);
+    // The session's lifetime and idle timeout are decided here, in the
+    // statement that inserts the successor: the successor expires at the
+    // earlier of now + refresh TTL and the session's start + its lifetime; a
+    // session past its lifetime, or a token issued longer ago than the idle
+    // timeout, matches no row.
     let inserted = sqlx::query(
         "INSERT INTO refresh_tokens (hash, session_id, user_id, expires_at, created_at) \
-         SELECT ?, t.session_id, t.user_id, ?, ? FROM refresh_tokens t \
+         SELECT ?, t.session_id, t.user_id, \
+         CASE WHEN s.created_at + ? < ? THEN s.created_at + ? ELSE ? END, ? \
+         FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id \
          WHERE t.hash = ? AND t.user_id = ? AND t.session_id = ? \
-         AND t.replaced_by IS NULL AND t.expires_at > ? \
-         AND EXISTS (SELECT 1 FROM sessions s WHERE s.id = t.session_id AND s.revoked_at IS NULL)",
+         AND t.replaced_by IS NULL AND t.expires_at > ? AND t.created_at > ? \
+         AND s.revoked_at IS NULL AND s.created_at + ? > ?",
     )
     .bind(&next[..])
+    .bind(r.max_age_ms)
+    .bind(r.expires_at)
+    .bind(r.max_age_ms)
     .bind(r.expires_at)
     .bind(r.now)
     .bind(r.presented)
     .bind(user_id)
     .bind(session_id)
+    .bind(r.now)
+    .bind(r.now.saturating_sub(r.idle_ms))
+    .bind(r.max_age_ms)
     .bind(r.now)
     .execute(&store.pool)
     .await?
@@ -104,7 +117,8 @@ async fn rotate_locked(store: &SqlStore, r: &Rotation<'_>) -> StoreResult<Rotate
     let (presented, now, grace_ms) = (r.presented, r.now, r.grace_ms);
     let for_update = store.dialect.for_update();
     let token_sql = format!(
-        "SELECT t.session_id, t.user_id, t.replaced_by, t.rotated_at, t.expires_at, s.revoked_at \
+        "SELECT t.session_id, t.user_id, t.replaced_by, t.rotated_at, t.expires_at, \
+         t.created_at AS issued_at, s.created_at AS started_at, s.revoked_at \
          FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id WHERE t.hash = ?{for_update}"
     );
     transaction!(store, |tx| {
@@ -121,7 +135,15 @@ async fn rotate_locked(store: &SqlStore, r: &Rotation<'_>) -> StoreResult<Rotate
         let rotated_at: Option<Millis> = token.try_get("rotated_at")?;
         let expires_at: Millis = token.try_get("expires_at")?;
         let revoked_at: Option<Millis> = token.try_get("revoked_at")?;
-        if revoked_at.is_some() || expires_at <= now {
+        let issued_at: Millis = token.try_get("issued_at")?;
+        let started_at: Millis = token.try_get("started_at")?;
+        let ends_at = started_at.saturating_add(r.max_age_ms);
+        if revoked_at.is_some() || expires_at <= now || ends_at <= now {
+            return Ok(RotateOutcome::Invalid);
+        }
+        // Idle: a current token issued too long ago. (A rotated one came
+        // back: the grace window or reuse detection below decides.)
+        if replaced_by.is_none() && issued_at <= now.saturating_sub(r.idle_ms) {
             return Ok(RotateOutcome::Invalid);
         }
         let next = (r.successor)(user_id, &session_id);
@@ -130,7 +152,7 @@ async fn rotate_locked(store: &SqlStore, r: &Rotation<'_>) -> StoreResult<Rotate
             hash: next,
             session_id: &session_id,
             user_id,
-            expires_at: r.expires_at,
+            expires_at: r.expires_at.min(ends_at),
         };
         let retire = "UPDATE refresh_tokens SET replaced_by = ?, rotated_at = COALESCE(rotated_at, ?) WHERE hash = ?";
         match replaced_by {

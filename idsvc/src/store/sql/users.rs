@@ -289,16 +289,16 @@ pub(super) async fn upsert_legacy(
         if let Some(deleted) = tombstone.filter(|&deleted| deleted >= row.version) {
             return Ok((UpsertOutcome::Stale, deleted));
         }
-        let stored: Option<(i64, i64)> = sqlx::query_as(&format!(
-            "SELECT version, created_at FROM users WHERE id = ?{for_update}"
+        let stored: Option<(i64, i64, Vec<u8>, String)> = sqlx::query_as(&format!(
+            "SELECT version, created_at, email_index, password_hash FROM users WHERE id = ?{for_update}"
         ))
         .bind(row.id)
         .fetch_optional(&mut *tx)
         .await?;
         match stored {
-            Some((stored, _)) if stored > row.version => Ok((UpsertOutcome::Stale, stored)),
-            Some((stored, _)) if stored == row.version => Ok((UpsertOutcome::Unchanged, stored)),
-            Some((stored, created_at)) => {
+            Some((stored, ..)) if stored > row.version => Ok((UpsertOutcome::Stale, stored)),
+            Some((stored, ..)) if stored == row.version => Ok((UpsertOutcome::Unchanged, stored)),
+            Some((stored, created_at, email_index, password_hash)) => {
                 let update = UserRow {
                     created_at,
                     ..row.clone()
@@ -306,6 +306,13 @@ pub(super) async fn upsert_legacy(
                 update_user_row(&mut tx, &update, stored)
                     .await
                     .map_err(unique_as_email_taken)?;
+                // A new password or sign-in email ends every session, as a
+                // change through idbase does: whoever held the old
+                // credentials must not stay signed in. Both sides are in
+                // their canonical stored form (blind index, canonical hash).
+                if email_index != row.email_index || password_hash != row.password_hash {
+                    revoke_all_sessions(&mut tx, row.id, None, row.updated_at).await?;
+                }
                 Ok((UpsertOutcome::Updated, row.version))
             }
             None => {
