@@ -6,6 +6,9 @@
 //! `failover` start their own processes, since they kill them or need
 //! particular gateway flags.
 
+// Test helpers outside #[test] functions may unwrap too: a failure is the test's.
+#![allow(clippy::unwrap_used)]
+
 mod api;
 mod edge;
 mod failover;

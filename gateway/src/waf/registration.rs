@@ -10,9 +10,9 @@ use crate::clock::Clock;
 use crate::problem::Problem;
 use crate::waf::source_ip::SourceIp;
 use axum::extract::{Request, State};
-use idbase_proto::ProblemType;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use idbase_proto::ProblemType;
 use std::sync::Arc;
 
 /// Registrations per source address per minute: a household or an office

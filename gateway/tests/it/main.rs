@@ -1,5 +1,8 @@
 //! The gateway's integration tests: the real router in process.
 
+// Test helpers outside #[test] functions may unwrap too: a failure is the test's.
+#![allow(clippy::unwrap_used)]
+
 mod connections;
 mod tls;
 mod waf;

@@ -3,6 +3,9 @@
 //! `mysql://root@127.0.0.1:3306/test`), each test on a fresh database; and the
 //! mTLS suite of the gRPC ports.
 
+// Test helpers outside #[test] functions may unwrap too: a failure is the test's.
+#![allow(clippy::unwrap_used)]
+
 /// Runs each listed test, `async fn NAME(backend: Backend)` in the calling
 /// module (which has `Backend` in scope), on SQLite and on MariaDB, as
 /// `…::sqlite::NAME` and `…::mysql::NAME`.
