@@ -7,8 +7,9 @@
 //! consumed) advances in source order over committed batches, so a crash or
 //! Ctrl-C resumes after the last of them.
 
+use super::SourceJob;
 use super::checkpoint;
-use super::mapping::{DuplicatesRule, Mapping};
+use super::mapping::DuplicatesRule;
 use super::progress::Progress;
 use super::source::{Record, Source};
 use super::store::{Claimant, MigrationStore};
@@ -17,7 +18,6 @@ use crate::domain::{IdentityService, UserId, flag_nonconforming_email};
 use futures::{TryFutureExt, TryStreamExt, stream};
 use serde::Serialize;
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
 pub const JOB: &str = "bulkload";
 
@@ -46,13 +46,16 @@ pub struct BulkloadOptions {
 /// Runs (or resumes) a bulkload. Returns `None` when cancelled mid-way (the
 /// checkpoint stays for the next run).
 pub async fn run(
-    service: Arc<IdentityService>,
-    store: &dyn MigrationStore,
-    source_spec: &str,
-    mapping: &Mapping,
+    job: SourceJob<'_>,
     options: &BulkloadOptions,
-    cancel: &CancellationToken,
 ) -> anyhow::Result<Option<BulkloadCounts>> {
+    let SourceJob {
+        service,
+        store,
+        source: source_spec,
+        mapping,
+        cancel,
+    } = job;
     let previous = checkpoint::load(store, JOB).await?;
     let mut counts: BulkloadCounts = previous
         .as_ref()

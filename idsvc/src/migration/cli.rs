@@ -1,5 +1,6 @@
 //! `idbase migrate …`: arguments and dispatch; `src/main.rs` only parses.
 
+use super::SourceJob;
 use super::store::MigrationStore;
 use super::{Mapping, backfill, bulkload, checkpoint, purge, reports, validate, validation};
 use crate::PolicyArgs;
@@ -59,6 +60,19 @@ pub struct SourceArgs {
     /// No progress (a bar on a terminal, else a log event every few seconds).
     #[arg(long, env = "IDBASE_MIGRATE_QUIET")]
     pub quiet: bool,
+}
+
+impl SourceArgs {
+    /// The job over this source, as bulkload, validate and purge run it.
+    fn job<'a>(
+        &'a self,
+        service: Arc<IdentityService>,
+        store: &'a dyn MigrationStore,
+        mapping: &'a Mapping,
+        cancel: &'a CancellationToken,
+    ) -> SourceJob<'a> {
+        SourceJob::new(service, store, &self.source, mapping, cancel)
+    }
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -251,16 +265,8 @@ async fn run_validate(args: ValidateArgs, cancel: CancellationToken) -> anyhow::
         progress: !args.source.quiet,
         allow,
     };
-    let report = validate::run(
-        service,
-        store.as_ref(),
-        &args.source.source,
-        &mapping,
-        &options,
-        &cancel,
-    )
-    .await
-    .context(validate::JOB)?;
+    let job = args.source.job(service, store.as_ref(), &mapping, &cancel);
+    let report = validate::run(job, &options).await.context(validate::JOB)?;
     let Some(report) = report else {
         return Ok(Outcome::interrupted(validate::JOB));
     };
@@ -286,16 +292,8 @@ async fn run_purge(args: PurgeArgs, cancel: CancellationToken) -> anyhow::Result
         report: args.report.clone(),
     };
     let started = Instant::now();
-    let counts = purge::run(
-        service,
-        store.as_ref(),
-        &args.source.source,
-        &mapping,
-        &options,
-        &cancel,
-    )
-    .await
-    .context(purge::JOB)?;
+    let job = args.source.job(service, store.as_ref(), &mapping, &cancel);
+    let counts = purge::run(job, &options).await.context(purge::JOB)?;
     finish(
         store.as_ref(),
         purge::JOB,
@@ -319,16 +317,8 @@ async fn run_bulkload(args: BulkloadArgs, cancel: CancellationToken) -> anyhow::
         progress: !args.source.quiet,
     };
     let started = Instant::now();
-    let counts = bulkload::run(
-        service,
-        store.as_ref(),
-        &args.source.source,
-        &mapping,
-        &options,
-        &cancel,
-    )
-    .await
-    .context(bulkload::JOB)?;
+    let job = args.source.job(service, store.as_ref(), &mapping, &cancel);
+    let counts = bulkload::run(job, &options).await.context(bulkload::JOB)?;
     let files = ReportFiles {
         rejects: args.rejects.as_deref(),
         conflicts: args.conflicts.as_deref(),

@@ -22,3 +22,36 @@ pub use mapping::Mapping;
 pub use source::{Record, Source};
 pub use store::MigrationStore;
 pub use transform::{LegacyRecord, Transformer};
+
+use crate::domain::IdentityService;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// What every job that reads the legacy source works with: the service (its
+/// normalisation and double-write paths), idbase's store, the source and its
+/// mapping, and the cancellation of the run.
+pub struct SourceJob<'a> {
+    pub service: Arc<IdentityService>,
+    pub store: &'a dyn MigrationStore,
+    pub source: &'a str,
+    pub mapping: &'a Mapping,
+    pub cancel: &'a CancellationToken,
+}
+
+impl<'a> SourceJob<'a> {
+    pub fn new(
+        service: Arc<IdentityService>,
+        store: &'a dyn MigrationStore,
+        source: &'a str,
+        mapping: &'a Mapping,
+        cancel: &'a CancellationToken,
+    ) -> Self {
+        Self {
+            service,
+            store,
+            source,
+            mapping,
+            cancel,
+        }
+    }
+}

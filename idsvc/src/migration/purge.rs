@@ -11,19 +11,15 @@
 //! action `would_delete`, `deleted`, or `skipped_newer` (the stored member
 //! changed after the legacy deletion: left alone, for a human to look at).
 
+use super::SourceJob;
 use super::checkpoint;
-use super::mapping::Mapping;
 use super::progress::Progress;
 use super::source::Source;
-use super::store::MigrationStore;
 use super::transform::Transformer;
-use crate::domain::IdentityService;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
 pub const JOB: &str = "purge";
 
@@ -61,13 +57,16 @@ struct Line {
 /// Runs a purge; `None` when cancelled (what was deleted stays deleted and
 /// is in the report file; a new run picks up the rest).
 pub async fn run(
-    service: Arc<IdentityService>,
-    store: &dyn MigrationStore,
-    source_spec: &str,
-    mapping: &Mapping,
+    job: SourceJob<'_>,
     options: &PurgeOptions,
-    cancel: &CancellationToken,
 ) -> anyhow::Result<Option<PurgeCounts>> {
+    let SourceJob {
+        service,
+        store,
+        source: source_spec,
+        mapping,
+        cancel,
+    } = job;
     let batch_size = options.batch.clamp(1, 10_000);
     let mut source = Source::open(source_spec, mapping, batch_size).await?;
     let transformer = Transformer::new(mapping, &source)?;

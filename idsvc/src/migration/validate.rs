@@ -17,7 +17,7 @@
 //! newer than its legacy row). Passwords cannot be checked further without
 //! the plaintext.
 
-use super::mapping::Mapping;
+use super::SourceJob;
 use super::progress::Progress;
 use super::source::{Record, Source};
 use super::store::MigrationStore;
@@ -30,7 +30,6 @@ use futures::{TryFutureExt, TryStreamExt, stream};
 use std::sync::Arc;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tokio_util::sync::CancellationToken;
 
 pub const JOB: &str = "validate";
 
@@ -66,13 +65,16 @@ impl Legacy {
 /// Runs a validation, stores its result and returns it; `None` when
 /// cancelled (nothing is stored then).
 pub async fn run(
-    service: Arc<IdentityService>,
-    store: &dyn MigrationStore,
-    source_spec: &str,
-    mapping: &Mapping,
+    job: SourceJob<'_>,
     options: &ValidateOptions,
-    cancel: &CancellationToken,
 ) -> anyhow::Result<Option<ValidationReport>> {
+    let SourceJob {
+        service,
+        store,
+        source: source_spec,
+        mapping,
+        cancel,
+    } = job;
     let started = std::time::Instant::now();
     let started_at = OffsetDateTime::now_utc();
     let batch_size = options.batch.clamp(1, 10_000);

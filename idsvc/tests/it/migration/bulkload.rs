@@ -32,12 +32,8 @@ async fn stages_rejects_resolves_duplicates_and_resumes(backend: Backend) {
     };
     let cancel = tokio_util::sync::CancellationToken::new();
     let counts = bulkload::run(
-        service.clone(),
-        &*h.store,
-        &spec,
-        &mapping(),
+        idsvc::migration::SourceJob::new(service.clone(), &*h.store, &spec, &mapping(), &cancel),
         &options,
-        &cancel,
     )
     .await
     .unwrap()
@@ -82,12 +78,8 @@ async fn stages_rejects_resolves_duplicates_and_resumes(backend: Backend) {
 
     // A second run of a finished job changes nothing.
     let again = bulkload::run(
-        service.clone(),
-        &*h.store,
-        &spec,
-        &mapping(),
+        idsvc::migration::SourceJob::new(service.clone(), &*h.store, &spec, &mapping(), &cancel),
         &options,
-        &cancel,
     )
     .await
     .unwrap()
@@ -113,10 +105,13 @@ async fn stages_rejects_resolves_duplicates_and_resumes(backend: Backend) {
     checkpoint::save(&*h.store, bulkload::JOB, 384, false, &partial)
         .await
         .unwrap();
-    let resumed = bulkload::run(service, &*h.store, &spec, &mapping(), &options, &cancel)
-        .await
-        .unwrap()
-        .unwrap();
+    let resumed = bulkload::run(
+        idsvc::migration::SourceJob::new(service, &*h.store, &spec, &mapping(), &cancel),
+        &options,
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(resumed, counts);
     let after: Vec<_> = staging(&h)
         .await

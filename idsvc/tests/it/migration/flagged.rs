@@ -57,12 +57,14 @@ async fn caps_reject_and_nonconforming_emails_are_flagged(backend: Backend) {
         progress: false,
     };
     let counts = bulkload::run(
-        h.shared_service(),
-        &*h.store,
-        &format!("tsv:{}", path.display()),
-        &mapping,
+        idsvc::migration::SourceJob::new(
+            h.shared_service(),
+            &*h.store,
+            &format!("tsv:{}", path.display()),
+            &mapping,
+            &tokio_util::sync::CancellationToken::new(),
+        ),
         &options,
-        &tokio_util::sync::CancellationToken::new(),
     )
     .await
     .unwrap()
@@ -103,12 +105,14 @@ async fn caps_reject_and_nonconforming_emails_are_flagged(backend: Backend) {
             allow: validation::Allow::parse(&[]).unwrap(),
         };
         validate::run(
-            h.shared_service(),
-            &*h.store,
-            &format!("tsv:{}", path.display()),
-            &mapping,
+            idsvc::migration::SourceJob::new(
+                h.shared_service(),
+                &*h.store,
+                &format!("tsv:{}", path.display()),
+                &mapping,
+                &tokio_util::sync::CancellationToken::new(),
+            ),
             &options,
-            &tokio_util::sync::CancellationToken::new(),
         )
         .await
         .unwrap()

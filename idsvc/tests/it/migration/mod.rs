@@ -104,12 +104,14 @@ async fn validate(
         allow: validation::Allow::parse(&allow).unwrap(),
     };
     validate::run(
-        h.shared_service(),
-        &*h.store,
-        &format!("tsv:{}", export.display()),
-        &mapping(),
+        idsvc::migration::SourceJob::new(
+            h.shared_service(),
+            &*h.store,
+            &format!("tsv:{}", export.display()),
+            &mapping(),
+            &tokio_util::sync::CancellationToken::new(),
+        ),
         &options,
-        &tokio_util::sync::CancellationToken::new(),
     )
     .await
     .unwrap()
@@ -146,12 +148,14 @@ async fn bulkload_export(h: &Harness, path: &Path) {
         progress: false,
     };
     idsvc::migration::bulkload::run(
-        h.shared_service(),
-        &*h.store,
-        &format!("tsv:{}", path.display()),
-        &mapping(),
+        idsvc::migration::SourceJob::new(
+            h.shared_service(),
+            &*h.store,
+            &format!("tsv:{}", path.display()),
+            &mapping(),
+            &tokio_util::sync::CancellationToken::new(),
+        ),
         &options,
-        &tokio_util::sync::CancellationToken::new(),
     )
     .await
     .unwrap()
