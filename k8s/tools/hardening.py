@@ -20,14 +20,10 @@ import ipaddress
 import re
 import sys
 
-import yaml
+
+from secret_refs import docs, pod_spec  # one reading of manifests and pod templates
 
 SIGNING_SECRET = "idsvc-signing-keys"
-
-
-def docs(path):
-    with open(path, encoding="utf-8") as f:
-        return [d for d in yaml.safe_load_all(f) if d]
 
 
 def named(manifests, kind, name):
@@ -41,15 +37,6 @@ def named(manifests, kind, name):
     if len(found) != 1:
         raise AssertionError(f"want one {kind} {name}, found {len(found)}")
     return found[0]
-
-
-def pod_spec(doc):
-    spec = doc.get("spec", {})
-    if doc["kind"] == "CronJob":
-        return spec["jobTemplate"]["spec"]["template"]["spec"]
-    if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
-        return spec["template"]["spec"]
-    return None
 
 
 def workloads(manifests):
