@@ -4,7 +4,7 @@ use prost::Message;
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["idbase/v1/identity.proto"];
+    let protos = ["idbase/v1/identity.proto", "idbase/v1/phases.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -67,6 +67,9 @@ problem_types! {
     InvalidRequest => "invalid-request", "Invalid request", 400;
     /// No valid `Client-Token`.
     InvalidClient => "invalid-client", "Unknown client", 401;
+    /// A write with an access token legacy issued, once idbase takes writes:
+    /// refresh the session (which exchanges it for idbase tokens) and retry.
+    TokenUpgradeRequired => "token-upgrade-required", "Token upgrade required", 401;
     /// Wrong email or password.
     InvalidCredentials => "invalid-credentials", "Invalid credentials", 401;
     /// A missing, invalid, expired or revoked access or refresh token.
@@ -89,6 +92,12 @@ problem_types! {
     UnsupportedMediaType => "unsupported-media-type", "Unsupported media type", 415;
     /// The `Idempotency-Key` was used before with a different request.
     IdempotencyKeyReused => "idempotency-key-reused", "Idempotency key reused", 422;
+    /// The admin call is refused: the generation moved since the caller read it.
+    PhaseConflict => "phase-conflict", "Phase changed meanwhile", 409;
+    /// A phase move whose checks fail, or a transition that is not allowed.
+    PhaseRefused => "phase-refused", "Phase move refused", 409;
+    /// The route is retired (the double-write routes once migration is complete).
+    Gone => "gone", "Gone", 410;
     /// Too many failed attempts for this account; see Retry-After.
     Throttled => "throttled", "Too many attempts", 429;
     /// Too many requests from this address; see Retry-After.
@@ -99,6 +108,10 @@ problem_types! {
     Unavailable => "unavailable", "Service unavailable", 503;
     /// The ID service is at capacity; see Retry-After.
     Overloaded => "overloaded", "Overloaded", 503;
+    /// Writes pause while the write side of the migration changes (a write
+    /// fence, seconds at most), or while this gateway cannot confirm the
+    /// phase; see Retry-After.
+    WritesPaused => "writes-paused", "Writes paused", 503;
 }
 
 impl ProblemType {
@@ -106,7 +119,11 @@ impl ProblemType {
     pub const fn retries_after(self) -> bool {
         matches!(
             self,
-            Self::Throttled | Self::RateLimited | Self::Unavailable | Self::Overloaded
+            Self::Throttled
+                | Self::RateLimited
+                | Self::Unavailable
+                | Self::Overloaded
+                | Self::WritesPaused
         )
     }
 

@@ -175,6 +175,14 @@ impl Identity for IdentityGrpc {
         Ok(Response::new(pb::Empty {}))
     }
 
+    async fn exchange_legacy_session(
+        &self,
+        _request: Request<pb::ExchangeLegacySessionRequest>,
+    ) -> Result<Response<pb::TokenPair>, Status> {
+        // Placeholder while the phase cutover is being built (issue 13).
+        Err(Status::unimplemented("the token exchange is not built yet"))
+    }
+
     async fn get_jwks(&self, _request: Request<pb::Empty>) -> Result<Response<pb::Jwks>, Status> {
         let keys = self
             .service
