@@ -121,17 +121,24 @@ impl From<tonic::Status> for Problem {
             | ProblemType::MethodNotAllowed
             | ProblemType::TooLarge
             | ProblemType::UnsupportedMediaType
-            | ProblemType::InvalidClient => Self::new(problem, detail()),
+            | ProblemType::InvalidClient
+            | ProblemType::PhaseConflict
+            | ProblemType::PhaseRefused
+            | ProblemType::Gone => Self::new(problem, detail()),
             // One answer for every credential failure: which part was wrong is
             // not told.
             ProblemType::InvalidCredentials => {
                 Self::unauthenticated(problem, "invalid email or password")
             }
             ProblemType::InvalidToken => Self::unauthenticated(problem, "invalid or expired token"),
+            ProblemType::TokenUpgradeRequired => {
+                Self::unauthenticated(problem, "refresh the session, then retry")
+            }
             ProblemType::Throttled
             | ProblemType::RateLimited
             | ProblemType::Overloaded
-            | ProblemType::Unavailable => Self::new(problem, detail()).retry_after(retry_after),
+            | ProblemType::Unavailable
+            | ProblemType::WritesPaused => Self::new(problem, detail()).retry_after(retry_after),
             // idsvc's internal details stay in idsvc's log.
             ProblemType::Internal => {
                 error!(message = status.message(), "ID service failed");

@@ -51,19 +51,21 @@ fn code_of(problem: ProblemType) -> Code {
             Code::InvalidArgument
         }
         ProblemType::Conflict => Code::AlreadyExists,
-        ProblemType::IdempotencyKeyReused => Code::FailedPrecondition,
+        ProblemType::IdempotencyKeyReused | ProblemType::PhaseRefused => Code::FailedPrecondition,
+        ProblemType::PhaseConflict => Code::Aborted,
         ProblemType::InvalidClient
         | ProblemType::InvalidCredentials
-        | ProblemType::InvalidToken => Code::Unauthenticated,
+        | ProblemType::InvalidToken
+        | ProblemType::TokenUpgradeRequired => Code::Unauthenticated,
         ProblemType::WrongCurrentPassword | ProblemType::Forbidden | ProblemType::Blocked => {
             Code::PermissionDenied
         }
-        ProblemType::NotFound => Code::NotFound,
+        ProblemType::NotFound | ProblemType::Gone => Code::NotFound,
         ProblemType::MethodNotAllowed => Code::Unimplemented,
         ProblemType::Throttled | ProblemType::RateLimited | ProblemType::Overloaded => {
             Code::ResourceExhausted
         }
         ProblemType::Internal => Code::Internal,
-        ProblemType::Unavailable => Code::Unavailable,
+        ProblemType::Unavailable | ProblemType::WritesPaused => Code::Unavailable,
     }
 }
