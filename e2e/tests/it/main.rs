@@ -12,6 +12,7 @@
 mod api;
 mod edge;
 mod failover;
+mod legacy;
 
 /// The `idbase` that cargo built for this test run, with functional-test
 /// argon2 costs.
