@@ -40,6 +40,11 @@ pub const GATEWAY_TOKEN_HEADER: &str = "Idbase-Gateway-Token";
 /// side answered.
 pub const SERVED_HEADER: &str = "Legacy-Served";
 
+/// The member's client as the gateway names it, and its class.
+pub const CLIENT_HEADER: &str = "X-Idbase-Client";
+pub const CLIENT_CLASS_HEADER: &str = "X-Idbase-Client-Class";
+const MAX_CLIENT_ID: usize = 64;
+
 /// Request bodies are a few hundred bytes; the gateway's limit is 16 KiB.
 const BODY_LIMIT: usize = 64 * 1024;
 
@@ -185,7 +190,30 @@ async fn require_gateway_token(
         )
         .into_response();
     }
+    if let Err(problem) = check_client_headers(request.headers()) {
+        return problem.into_response();
+    }
     next.run(request).await
+}
+
+/// The gateway names the member's client; a value it cannot have sent is
+/// refused rather than trusted.
+fn check_client_headers(headers: &axum::http::HeaderMap) -> Result<(), Problem> {
+    if let Some(class) = headers.get(CLIENT_CLASS_HEADER)
+        && !matches!(class.as_bytes(), b"internal" | b"web" | b"mobile")
+    {
+        return Err(Problem::bad_request(format!(
+            "{CLIENT_CLASS_HEADER} must be internal, web or mobile"
+        )));
+    }
+    if let Some(client) = headers.get(CLIENT_HEADER)
+        && client.len() > MAX_CLIENT_ID
+    {
+        return Err(Problem::bad_request(format!(
+            "{CLIENT_HEADER} is longer than {MAX_CLIENT_ID} characters"
+        )));
+    }
+    Ok(())
 }
 
 async fn legacy_served(request: Request, next: Next) -> Response {

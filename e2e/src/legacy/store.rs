@@ -8,7 +8,7 @@ use super::password::Credential;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions};
-use sqlx::{MySqlPool, Row};
+use sqlx::{Executor, MySqlPool, Row};
 use std::str::FromStr;
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
@@ -31,6 +31,12 @@ const EMULATOR_DDL: &[&str] = &[
     )",
     // `Member` has no AUTO_INCREMENT (the fixture's layout): new ids come
     // from here, set past the highest existing id at start.
+    // One row per email ever claimed: a writer that registers or moves to
+    // an email locks its row first, so writers of the same email take turns
+    // (the Member index is not unique, and gap locks on it deadlock).
+    "CREATE TABLE IF NOT EXISTS MemberEmailClaim (
+        MailAddress VARCHAR(256) NOT NULL PRIMARY KEY
+    )",
     "CREATE TABLE IF NOT EXISTS MemberIdSequence (
         Id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY
     )",
@@ -90,6 +96,15 @@ impl Store {
         let options = MySqlConnectOptions::from_str(url)?;
         let pool = MySqlPoolOptions::new()
             .max_connections(16)
+            // Reads inside a write see what others committed (the email
+            // check after its claim), and searches take no gap locks.
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await?;
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await?;
         for ddl in std::iter::once(MEMBER_DDL).chain(EMULATOR_DDL.iter().copied()) {
@@ -189,16 +204,25 @@ impl Store {
         row.map(|r| member_from(&r)).transpose()
     }
 
-    /// Whether a live member other than `except` holds the email (locking
-    /// the index range, so a concurrent registration of it waits).
+    /// Whether a live member other than `except` holds the email. Claims
+    /// the email first, so a concurrent writer of it waits for this
+    /// transaction to end.
     pub async fn email_taken(
         conn: &mut MySqlConnection,
         email: &str,
         except: Option<i64>,
     ) -> sqlx::Result<bool> {
+        sqlx::query("INSERT IGNORE INTO MemberEmailClaim (MailAddress) VALUES (?)")
+            .bind(email)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("SELECT MailAddress FROM MemberEmailClaim WHERE MailAddress = ? FOR UPDATE")
+            .bind(email)
+            .execute(&mut *conn)
+            .await?;
         let holder: Option<i64> = sqlx::query_scalar(
             "SELECT MemberId FROM Member WHERE MailAddress = ? AND DelFlag = 0 \
-             AND MemberId <> ? LIMIT 1 FOR UPDATE",
+             AND MemberId <> ? LIMIT 1",
         )
         .bind(email)
         .bind(except.unwrap_or(0))
