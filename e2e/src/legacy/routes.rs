@@ -194,7 +194,11 @@ async fn register(
         version: now,
     };
     let mut tx = state.store.begin().await?;
-    if Store::email_taken(&mut tx, &member.email, None).await? {
+    if state
+        .store
+        .email_taken(&mut tx, &member.email, None)
+        .await?
+    {
         return Err(Problem::new(
             ProblemType::Conflict,
             "the email is in use".to_owned(),
@@ -305,7 +309,10 @@ async fn update_me(
         confirm_password(&current, confirm)?;
     }
     if email.is_some()
-        && Store::email_taken(&mut tx, final_email.as_str(), Some(current.id)).await?
+        && state
+            .store
+            .email_taken(&mut tx, final_email.as_str(), Some(current.id))
+            .await?
     {
         return Err(Problem::new(
             ProblemType::Conflict,

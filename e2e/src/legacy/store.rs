@@ -206,15 +206,18 @@ impl Store {
 
     /// Whether a live member other than `except` holds the email. Claims
     /// the email first, so a concurrent writer of it waits for this
-    /// transaction to end.
+    /// transaction to end. The claim row is created outside the transaction:
+    /// waiters on a duplicate insert hold shared locks, and upgrading them
+    /// to exclusive ones deadlocks; on an existing row they simply queue.
     pub async fn email_taken(
+        &self,
         conn: &mut MySqlConnection,
         email: &str,
         except: Option<i64>,
     ) -> sqlx::Result<bool> {
         sqlx::query("INSERT IGNORE INTO MemberEmailClaim (MailAddress) VALUES (?)")
             .bind(email)
-            .execute(&mut *conn)
+            .execute(&self.pool)
             .await?;
         sqlx::query("SELECT MailAddress FROM MemberEmailClaim WHERE MailAddress = ? FOR UPDATE")
             .bind(email)

@@ -292,6 +292,32 @@ async fn member_lifecycle_at_legacy() {
 }
 
 #[tokio::test]
+async fn concurrent_registrations_of_one_email_make_one_member() {
+    let legacy = start(|_| {}).await;
+    let attempts = (0..8).map(|_| legacy.register("race@example.com", PASSWORD));
+    let mut statuses: Vec<u16> = futures_statuses(attempts).await;
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 409, 409, 409, 409, 409, 409, 409]);
+    // Different emails never wait for each other's claims.
+    let legacy = &legacy;
+    let attempts = (0..8).map(|i| {
+        let email = format!("parallel-{i}@example.com");
+        async move { legacy.register(&email, PASSWORD).await }
+    });
+    assert!(futures_statuses(attempts).await.iter().all(|s| *s == 201));
+}
+
+async fn futures_statuses(
+    calls: impl Iterator<Item = impl std::future::Future<Output = (StatusCode, Value)>>,
+) -> Vec<u16> {
+    futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|(status, _)| status.as_u16())
+        .collect()
+}
+
+#[tokio::test]
 async fn every_request_needs_the_gateway_token() {
     let legacy = start(|_| {}).await;
     for token in [None, Some("not-the-credential")] {
@@ -311,6 +337,16 @@ async fn every_request_needs_the_gateway_token() {
         .call(Method::GET, "/legacy/v1/health", None, None)
         .await;
     assert_eq!((status, &health["status"]), (StatusCode::OK, &json!("ok")));
+    // A client class the gateway cannot have sent is refused.
+    let answer = legacy
+        .http
+        .get(format!("{}/v1/users/me", legacy.url))
+        .header(GATEWAY_TOKEN_HEADER, &legacy.gateway_token)
+        .header("X-Idbase-Client-Class", "admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
