@@ -3,7 +3,8 @@
 As in hooks.py: every `/v1/users/me` case gets a member of its own, registered
 and logged in at the emulator just before the call, and 400s for the rules a
 JSON schema cannot state (common password, password equal to the email, phone
-outside its numbering plan) are the only accepted rejections of schema-valid data.
+outside its numbering plan, a synced hash in a scheme idbase does not verify)
+are the only accepted rejections of schema-valid data.
 """
 
 import os
@@ -19,6 +20,7 @@ POLICY_REJECTIONS = (
     "invalid password: is too common",
     "invalid password: must not be the email address",
     "invalid phone: ",
+    "invalid password_hash: ",
 )
 
 

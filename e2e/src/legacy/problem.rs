@@ -1,7 +1,7 @@
 //! The emulator's one error type: RFC 9457 problem+json with idbase's problem
 //! types, so a client cannot tell legacy's errors from idbase's by shape.
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use idbase_proto::ProblemType;
@@ -79,6 +79,12 @@ impl From<JsonRejection> for Problem {
             _ => ProblemType::InvalidRequest,
         };
         Self::new(kind, rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for Problem {
+    fn from(rejection: PathRejection) -> Self {
+        Self::bad_request(rejection.body_text())
     }
 }
 

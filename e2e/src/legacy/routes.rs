@@ -6,9 +6,9 @@ use super::AppState;
 use super::problem::Problem;
 use super::store::{ACCESS_TTL_SECS, Member, Store, next_version, now_ms};
 use axum::Router;
-use axum::extract::{FromRequest, State};
+use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use idbase_proto::ProblemType;
 use idsvc::domain::{DEFAULT_MIN_PASSWORD_CHARS, Email, MAX_PASSWORD_CHARS, Password, Phone};
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,10 @@ impl<T: Serialize> axum::response::IntoResponse for Json<T> {
     }
 }
 
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(Problem))]
+pub struct Path<T>(pub T);
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/users", post(register))
@@ -35,6 +39,7 @@ pub fn router() -> Router<AppState> {
         .route("/legacy/v1/refresh-tokens/redeem", post(redeem))
         .route("/legacy/v1/health", get(health))
         .route("/legacy/v1/members/max-id", get(max_id))
+        .route("/legacy/v1/sync/members/{id}", put(sync_member))
 }
 
 #[derive(Deserialize)]
@@ -71,6 +76,18 @@ pub struct UpdateMeBody {
 #[serde(deny_unknown_fields)]
 pub struct WithdrawBody {
     current_password: String,
+}
+
+/// A member as idbase holds it, synced back in phase 4.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncMemberBody {
+    email: String,
+    phone: Option<String>,
+    password_hash: String,
+    version: i64,
+    #[serde(default)]
+    deleted: bool,
 }
 
 #[derive(Serialize)]
@@ -397,4 +414,66 @@ async fn health(State(state): State<AppState>) -> Result<Json<serde_json::Value>
 
 async fn max_id(State(state): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {
     Ok(Json(json!({ "max_id": state.store.max_id().await? })))
+}
+
+/// Part 2's reverse sync: idbase's newer version of a member replaces
+/// legacy's row (or soft-deletes it); the same or an older version changes
+/// nothing. Not double-written back: it comes from idbase.
+async fn sync_member(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Json(body): Json<SyncMemberBody>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    if id < 1 || body.version < 0 {
+        return Err(Problem::bad_request(
+            "id must be positive, version not negative",
+        ));
+    }
+    let email = Email::parse(&body.email)?;
+    let phone = body
+        .phone
+        .as_deref()
+        .filter(|p| !p.trim().is_empty())
+        .map(Phone::parse)
+        .transpose()?;
+    let credential = super::password::Credential::from_idbase(&body.password_hash)
+        .map_err(|reason| Problem::bad_request(format!("invalid password_hash: {reason}")))?;
+    let mut tx = state.store.begin().await?;
+    if !body.deleted
+        && state
+            .store
+            .email_taken(&mut tx, email.as_str(), Some(id))
+            .await?
+    {
+        return Err(Problem::new(
+            ProblemType::Conflict,
+            "the email is held by another member".to_owned(),
+        ));
+    }
+    let stored = Store::any_member_for_update(&mut tx, id).await?;
+    let outcome = match &stored {
+        Some((current, _)) if body.version < current.version => "stale",
+        Some((current, _)) if body.version == current.version => "unchanged",
+        Some(_) => "updated",
+        None => "created",
+    };
+    let version = match (&stored, outcome) {
+        (Some((current, _)), "stale" | "unchanged") => current.version,
+        _ => {
+            let member = Member {
+                id,
+                email: email.as_str().to_owned(),
+                phone: phone.map(|p| p.as_str().to_owned()),
+                credential,
+                created_ms: stored.as_ref().map_or(body.version, |(m, _)| m.created_ms),
+                version: body.version,
+            };
+            Store::put_synced(&mut tx, &member, stored.is_some(), body.deleted).await?;
+            body.version
+        }
+    };
+    tx.commit().await?;
+    Ok(Json(
+        json!({ "id": id.to_string(), "outcome": outcome, "version": version }),
+    ))
 }

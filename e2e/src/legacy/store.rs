@@ -31,6 +31,11 @@ const EMULATOR_DDL: &[&str] = &[
     )",
     // `Member` has no AUTO_INCREMENT (the fixture's layout): new ids come
     // from here, set past the highest existing id at start.
+    // Hashes idbase synced back that the Member columns cannot hold.
+    "CREATE TABLE IF NOT EXISTS MemberSyncedHash (
+        MemberId     BIGINT        NOT NULL PRIMARY KEY,
+        PasswordHash VARCHAR(1024) NOT NULL
+    )",
     // One row per email ever claimed: a writer that registers or moves to
     // an email locks its row first, so writers of the same email take turns
     // (the Member index is not unique, and gap locks on it deadlock).
@@ -55,8 +60,10 @@ const REFRESH_TTL_MS: i64 = 30 * 24 * 3600 * 1000;
 /// Rows per INSERT while seeding.
 const SEED_BATCH: i64 = 1000;
 
-const MEMBER_COLUMNS: &str = "MemberId, MailAddress, PasswordHash, PasswordSalt, Tel, \
-     CAST(RegistDate AS CHAR) AS RegistDate, CAST(UpdateDate AS CHAR) AS UpdateDate";
+const MEMBER_COLUMNS: &str = "m.MemberId, m.MailAddress, m.PasswordHash, m.PasswordSalt, m.Tel, \
+     CAST(m.RegistDate AS CHAR) AS RegistDate, CAST(m.UpdateDate AS CHAR) AS UpdateDate, \
+     s.PasswordHash AS SyncedHash, CAST(m.DelFlag AS SIGNED) AS DelFlag";
+const MEMBER_FROM: &str = "Member m LEFT JOIN MemberSyncedHash s ON s.MemberId = m.MemberId";
 
 /// A live (not soft-deleted) member.
 #[derive(Clone, Debug)]
@@ -173,8 +180,8 @@ impl Store {
     /// should the table hold duplicates.
     pub async fn member_by_email(&self, email: &str) -> sqlx::Result<Option<Member>> {
         let sql = format!(
-            "SELECT {MEMBER_COLUMNS} FROM Member WHERE MailAddress = ? AND DelFlag = 0 \
-             ORDER BY UpdateDate DESC LIMIT 1"
+            "SELECT {MEMBER_COLUMNS} FROM {MEMBER_FROM} WHERE m.MailAddress = ? AND m.DelFlag = 0 \
+             ORDER BY m.UpdateDate DESC LIMIT 1"
         );
         let row = sqlx::query(&sql)
             .bind(email)
@@ -189,14 +196,16 @@ impl Store {
         id: i64,
     ) -> sqlx::Result<Option<Member>> {
         let sql = format!(
-            "SELECT {MEMBER_COLUMNS} FROM Member WHERE MemberId = ? AND DelFlag = 0 FOR UPDATE"
+            "SELECT {MEMBER_COLUMNS} FROM {MEMBER_FROM} WHERE m.MemberId = ? AND m.DelFlag = 0 FOR UPDATE"
         );
         let row = sqlx::query(&sql).bind(id).fetch_optional(conn).await?;
         row.map(|r| member_from(&r)).transpose()
     }
 
     pub async fn member(&self, id: i64) -> sqlx::Result<Option<Member>> {
-        let sql = format!("SELECT {MEMBER_COLUMNS} FROM Member WHERE MemberId = ? AND DelFlag = 0");
+        let sql = format!(
+            "SELECT {MEMBER_COLUMNS} FROM {MEMBER_FROM} WHERE m.MemberId = ? AND m.DelFlag = 0"
+        );
         let row = sqlx::query(&sql)
             .bind(id)
             .fetch_optional(&self.pool)
@@ -270,9 +279,71 @@ impl Store {
         .bind(&member.phone)
         .bind(legacy_datetime(member.version))
         .bind(member.id)
+        .execute(&mut *conn)
+        .await?;
+        Self::store_synced(conn, member).await
+    }
+
+    async fn store_synced(conn: &mut MySqlConnection, member: &Member) -> sqlx::Result<()> {
+        match &member.credential.synced {
+            Some(hash) => sqlx::query(
+                "INSERT INTO MemberSyncedHash (MemberId, PasswordHash) VALUES (?, ?) \
+                 ON DUPLICATE KEY UPDATE PasswordHash = VALUES(PasswordHash)",
+            )
+            .bind(member.id)
+            .bind(hash),
+            None => sqlx::query("DELETE FROM MemberSyncedHash WHERE MemberId = ?").bind(member.id),
+        }
         .execute(conn)
         .await?;
         Ok(())
+    }
+
+    /// The member `id` whether deleted or not, locked, with its soft-delete flag.
+    pub async fn any_member_for_update(
+        conn: &mut MySqlConnection,
+        id: i64,
+    ) -> sqlx::Result<Option<(Member, bool)>> {
+        let sql =
+            format!("SELECT {MEMBER_COLUMNS} FROM {MEMBER_FROM} WHERE m.MemberId = ? FOR UPDATE");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(conn).await?;
+        row.map(|r| Ok((member_from(&r)?, r.try_get::<i64, _>("DelFlag")? != 0)))
+            .transpose()
+    }
+
+    /// Writes a member idbase synced: the row as sent, live or soft-deleted.
+    pub async fn put_synced(
+        conn: &mut MySqlConnection,
+        member: &Member,
+        existed: bool,
+        deleted: bool,
+    ) -> sqlx::Result<()> {
+        let sql = if existed {
+            "UPDATE Member SET MailAddress = ?, PasswordHash = ?, PasswordSalt = ?, Tel = ?, \
+             DelFlag = ?, UpdateDate = ? WHERE MemberId = ?"
+        } else {
+            "INSERT INTO Member (MailAddress, PasswordHash, PasswordSalt, Tel, DelFlag, UpdateDate, \
+             MemberId, RegistDate) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        };
+        let mut query = sqlx::query(sql)
+            .bind(&member.email)
+            .bind(&member.credential.hash)
+            .bind(&member.credential.salt)
+            .bind(&member.phone)
+            .bind(i8::from(deleted))
+            .bind(legacy_datetime(member.version))
+            .bind(member.id);
+        if !existed {
+            query = query.bind(legacy_datetime(member.created_ms));
+        }
+        query.execute(&mut *conn).await?;
+        if deleted {
+            sqlx::query("UPDATE LegacyToken SET Revoked = 1 WHERE MemberId = ?")
+                .bind(member.id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Self::store_synced(conn, member).await
     }
 
     /// Soft delete at `version`, and every token of the member revoked.
@@ -422,6 +493,7 @@ fn member_from(row: &sqlx::mysql::MySqlRow) -> sqlx::Result<Member> {
         credential: Credential {
             hash: row.try_get("PasswordHash")?,
             salt: row.try_get("PasswordSalt")?,
+            synced: row.try_get("SyncedHash")?,
         },
         created_ms: stamp("RegistDate")?,
         version: stamp("UpdateDate")?,
