@@ -178,7 +178,7 @@ cleanup() {
   if [[ $keep == false && $mode == run ]]; then
     kind delete cluster --name "$cluster" >&2 || true
   fi
-  rm -rf "$work/keys"
+  rm -rf "$work/keys" "$work/admin-tls"
   exit "$rc"
 }
 trap cleanup EXIT
@@ -235,10 +235,23 @@ fi
 # checks must pass: gateways reporting, legacy reachable, id range margin);
 # --wait returns once the write fence of 3 -> 4 is lifted. At phase 4 idbase
 # serves logins, registrations and writes, which is what the API tests expect.
+# The admin port takes mutual TLS: the operator's certificate
+# (overlays/kind/admin-client.yaml) plus its bearer token.
 (cd "$root" && step cargo build --locked --bin idbase)
+mkdir -p "$work/admin-tls"
+for file in ca.crt tls.crt tls.key; do
+  jsonpath="{.data.${file//./\\.}}"
+  if [[ $mode == dry-run ]]; then
+    step kubectl -n "$ns" get secret e2e-admin-client -o "jsonpath=$jsonpath"
+  else
+    kubectl -n "$ns" get secret e2e-admin-client -o "jsonpath=$jsonpath" | base64 -d >"$work/admin-tls/$file"
+  fi
+done
 for phase in 1 2 3 4; do
-  IDBASE_ADMIN_URL="http://127.0.0.1:$admin_port" IDBASE_ADMIN_TOKEN="$admin_token" \
-    step "$root/target/debug/idbase" admin phase set "$phase" --wait --reason "kind e2e: walk to phase $phase"
+  IDBASE_ADMIN_URL="https://localhost:$admin_port" IDBASE_ADMIN_TOKEN="$admin_token" \
+    step "$root/target/debug/idbase" admin --admin-ca "$work/admin-tls/ca.crt" \
+    --admin-cert "$work/admin-tls/tls.crt" --admin-key "$work/admin-tls/tls.key" \
+    phase set "$phase" --wait --reason "kind e2e: walk to phase $phase"
 done
 
 export IDBASE_E2E_GATEWAY_URL="http://127.0.0.1:$gateway_port"
