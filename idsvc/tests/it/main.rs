@@ -25,4 +25,5 @@ mod hardening;
 mod harness;
 mod migration;
 mod mtls;
+mod phase_store;
 mod reflection;
