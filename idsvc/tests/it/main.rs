@@ -26,4 +26,5 @@ mod harness;
 mod migration;
 mod mtls;
 mod phase_store;
+mod phases;
 mod reflection;
