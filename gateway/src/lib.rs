@@ -10,8 +10,10 @@ pub mod clock;
 pub mod connections;
 pub mod edge;
 pub mod iptable;
+pub mod legacy;
 pub mod metrics_listener;
 pub mod openapi;
+pub mod phase;
 pub mod problem;
 pub mod routes;
 pub mod telemetry;
@@ -22,6 +24,8 @@ pub mod waf;
 use crate::access::AccessVerifier;
 use crate::clients::Clients;
 use crate::connections::{ConnectionLimits, Connections};
+use crate::phase::follow::{Follower, Reported};
+use crate::phase::gate::Cutover;
 use crate::problem::Problem;
 use crate::routes::{AppState, internal, meta, sessions, users};
 use crate::upstream::{Upstream, UpstreamArgs, UpstreamConfig};
@@ -67,6 +71,10 @@ pub struct GatewayArgs {
     pub connections: connections::ConnectionArgs,
     #[command(flatten)]
     pub tls: tls::TlsArgs,
+    #[command(flatten)]
+    pub legacy: legacy::LegacyArgs,
+    #[command(flatten)]
+    pub follow: phase::follow::FollowArgs,
 }
 
 /// What a gateway needs to serve, however it was configured.
@@ -78,13 +86,49 @@ pub struct GatewayConfig {
     pub edge: edge::Edge,
 }
 
-/// The whole HTTP API.
+/// The migration cutover: legacy and the phase this gateway follows. Off
+/// (the default) means every request goes to idsvc.
+#[derive(Default)]
+pub struct CutoverConfig {
+    pub legacy: Option<legacy::LegacyConfig>,
+    pub follow: Option<phase::follow::FollowConfig>,
+}
+
+/// The whole HTTP API, without a cutover.
 pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
+    router_with(config, CutoverConfig::default())
+}
+
+/// The whole HTTP API. Following the phase starts here (it needs a Tokio
+/// runtime) and stops when the router is dropped.
+pub fn router_with(config: GatewayConfig, cutover_config: CutoverConfig) -> anyhow::Result<Router> {
     let upstream = Upstream::new(config.upstream).context("idsvc URL")?;
+    let mut cutover = Cutover {
+        legacy: cutover_config
+            .legacy
+            .map(legacy::Legacy::new)
+            .transpose()
+            .context("legacy URL")?,
+        ..Cutover::default()
+    };
+    if let Some(follow) = cutover_config.follow {
+        let follower = Follower::new(follow.stale_after);
+        let reported = Reported {
+            writes: Arc::clone(&cutover.writes),
+            upstream: upstream.clone(),
+            legacy: cutover.legacy.clone(),
+        };
+        let stop = cutover.stop_on_drop();
+        phase::follow::spawn(Arc::clone(&follower), follow, reported, stop)
+            .context("--idsvc-admin")?;
+        cutover.follower = Some(follower);
+    }
     let state = AppState {
         verifier: Arc::new(AccessVerifier::new(upstream.clone())),
         upstream,
         clients: config.clients,
+        cutover,
+        max_body_bytes: config.max_body_bytes,
     };
     let edge = config.edge;
     let mut login = post(sessions::login);
@@ -114,6 +158,8 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
         .route("/v1/tokens/refresh", post(sessions::refresh))
         .route("/v1/tokens/revoke", post(sessions::revoke))
         .merge(internal)
+        // Inside `require_client`: routing needs the client's class.
+        .route_layer(from_fn_with_state(state.clone(), phase::gate::route))
         .route_layer(from_fn_with_state(
             state.clients.clone(),
             clients::require_client,
@@ -198,11 +244,21 @@ pub async fn serve_listeners(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_listeners_with(config, CutoverConfig::default(), listeners, shutdown).await
+}
+
+/// [`serve_listeners`] with a cutover.
+pub async fn serve_listeners_with(
+    config: GatewayConfig,
+    cutover: CutoverConfig,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     telemetry::prometheus();
     if let Some(waf) = &config.edge.waf {
         waf.clone().watch(shutdown.clone());
     }
-    let app = router(config)?;
+    let app = router_with(config, cutover)?;
     // Both public listeners share one connection table: they share the
     // process's descriptors.
     let connections = Connections::new(listeners.limits);
@@ -271,6 +327,10 @@ pub async fn run(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         TrustedProxies::new(args.edge.trusted_proxies.clone()),
     )
     .fit_descriptors(nofile);
+    let cutover = CutoverConfig {
+        legacy: args.legacy.config()?,
+        follow: args.follow.config(args.upstream.tls.files())?,
+    };
     let config = GatewayConfig {
         upstream: args.upstream.into(),
         clients,
@@ -283,5 +343,5 @@ pub async fn run(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         metrics,
         limits,
     };
-    serve_listeners(config, listeners, shutdown).await
+    serve_listeners_with(config, cutover, listeners, shutdown).await
 }
