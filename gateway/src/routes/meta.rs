@@ -42,6 +42,9 @@ pub async fn healthz() -> &'static str {
 ))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let cutover = &state.cutover;
+    // Read before the health checks, which take milliseconds: the generation
+    // reported is the one routed by when the probe arrived.
+    let phase = cutover.follower.as_ref().and_then(|f| f.current());
     let (idsvc, legacy) = match &cutover.legacy {
         Some(legacy) => {
             let (idsvc, legacy) = tokio::join!(state.upstream.ready(), legacy.reachable());
@@ -53,7 +56,6 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if !idsvc {
         reasons.push("idsvc unreachable".to_owned());
     }
-    let phase = cutover.follower.as_ref().and_then(|f| f.current());
     if cutover.follower.is_some() {
         match &phase {
             None => reasons.push("the migration phase is not known yet".to_owned()),

@@ -299,13 +299,15 @@ async fn readyz(app: &Router) -> (StatusCode, serde_json::Value) {
     (status, body)
 }
 
-/// Waits until the gateway routes by `generation`.
+/// Waits until the gateway routes by `generation`; returns the time until
+/// the probe that saw it arrived (readyz reads the phase first).
 async fn until_generation(app: &Router, generation: u64) -> Duration {
     let started = Instant::now();
     loop {
+        let asked = started.elapsed();
         let (_, body) = readyz(app).await;
         if body["generation"] == generation {
-            return started.elapsed();
+            return asked;
         }
         assert!(
             started.elapsed() < Duration::from_secs(5),
