@@ -131,7 +131,11 @@ pub fn router_with(config: GatewayConfig, cutover_config: CutoverConfig) -> anyh
         max_body_bytes: config.max_body_bytes,
     };
     let edge = config.edge;
-    let mut login = post(sessions::login);
+    // The phase gate sits innermost on every member route: the edge's
+    // login-anomaly watch and registration limit see requests served by
+    // either side, and the gate sees the client `require_client` found.
+    let gate = from_fn_with_state(state.clone(), phase::gate::route);
+    let mut login = post(sessions::login).layer(gate.clone());
     if let Some(anomaly) = &edge.anomaly {
         anomaly.set_sink(security_event_sink(state.upstream.clone()));
         login = login.layer(from_fn_with_state(anomaly.clone(), anomaly::watch));
@@ -139,10 +143,12 @@ pub fn router_with(config: GatewayConfig, cutover_config: CutoverConfig) -> anyh
     let internal = Router::new()
         .route(
             "/internal/v1/users/{id}",
-            put(internal::upsert).delete(internal::delete),
+            put(internal::upsert)
+                .delete(internal::delete)
+                .layer(gate.clone()),
         )
         .route_layer(from_fn(clients::require_internal));
-    let mut register = post(users::register);
+    let mut register = post(users::register).layer(gate.clone());
     if let Some(rule) = &edge.registrations {
         register = register.layer(from_fn_with_state(rule.clone(), waf::registration::limit));
     }
@@ -152,14 +158,16 @@ pub fn router_with(config: GatewayConfig, cutover_config: CutoverConfig) -> anyh
             "/v1/users/me",
             get(users::me)
                 .patch(users::update_me)
-                .delete(users::withdraw),
+                .delete(users::withdraw)
+                .layer(gate.clone()),
         )
         .route("/v1/sessions", login)
-        .route("/v1/tokens/refresh", post(sessions::refresh))
-        .route("/v1/tokens/revoke", post(sessions::revoke))
+        .route(
+            "/v1/tokens/refresh",
+            post(sessions::refresh).layer(gate.clone()),
+        )
+        .route("/v1/tokens/revoke", post(sessions::revoke).layer(gate))
         .merge(internal)
-        // Inside `require_client`: routing needs the client's class.
-        .route_layer(from_fn_with_state(state.clone(), phase::gate::route))
         .route_layer(from_fn_with_state(
             state.clients.clone(),
             clients::require_client,

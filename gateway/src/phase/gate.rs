@@ -92,7 +92,7 @@ fn route_of(request: &Request) -> Option<Route> {
     })
 }
 
-/// Route layer inside `require_client` (the client is known).
+/// Layer on each member route, inside `require_client` (the client is known).
 pub async fn route(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(route) = route_of(&request) else {
         return next.run(request).await;
