@@ -10,6 +10,7 @@ pub mod clock;
 pub mod connections;
 pub mod edge;
 pub mod iptable;
+pub mod legacy;
 pub mod metrics_listener;
 pub mod openapi;
 pub mod problem;

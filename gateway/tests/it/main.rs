@@ -4,5 +4,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod connections;
+mod legacy;
 mod tls;
 mod waf;
