@@ -245,10 +245,9 @@ async fn gateway(admin: &str, idsvc: &str, with_legacy: bool, stale_after: Durat
     };
     let cutover = CutoverConfig {
         legacy: with_legacy.then(|| LegacyConfig {
-            url: legacy_url.parse().unwrap(),
-            token: "gw-cred".into(),
             timeout: Duration::from_secs(2),
             pool_idle: 4,
+            ..LegacyConfig::new(legacy_url.parse().unwrap(), "gw-cred")
         }),
         follow: Some(FollowConfig {
             url: admin.to_owned(),
