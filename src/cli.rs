@@ -38,6 +38,12 @@ pub enum Command {
     Idsvc(idsvc::IdsvcArgs),
     /// The HTTP gateway.
     Gateway(gateway::GatewayArgs),
+    /// The admin console's scriptable commands over idsvc's admin port
+    /// (`idbase admin phase …`).
+    ///
+    /// Exit codes: 0 ok, 1 other error, 2 usage, 3 refused (a check fails),
+    /// 4 conflict (the generation moved), 5 unauthorised, 6 unreachable.
+    Admin(admin_tui::AdminArgs),
     /// Key management.
     #[command(subcommand)]
     Keys(KeysCommand),
