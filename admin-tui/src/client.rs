@@ -5,7 +5,7 @@
 //! reached over mutual TLS (see [`crate::tls`]); plain-text `http://` only on
 //! loopback, since the token would otherwise cross the network in clear.
 
-use crate::failure::Failure;
+use crate::failure::{Failure, chain};
 use crate::tls::{TlsConnector, TlsFiles};
 use http::Uri;
 use idbase_proto::v1::phases_client::PhasesClient;
@@ -214,21 +214,6 @@ pub async fn connect(args: &ConnectionArgs, env_token: Option<String>) -> Result
         phases: PhasesClient::with_interceptor(channel, bearer),
         timeout: Duration::from_secs(args.timeout.max(1)),
     })
-}
-
-/// An error and its causes on one line ("transport error: tcp connect error: Connection refused").
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = cause.source();
-    }
-    line
 }
 
 #[cfg(test)]

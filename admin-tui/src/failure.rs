@@ -96,6 +96,9 @@ pub fn exit_for_status(status: &Status) -> Exit {
         Some(ProblemType::PhaseRefused) => return Exit::Refused,
         _ => {}
     }
+    if is_transport(status) {
+        return Exit::Unreachable;
+    }
     match status.code() {
         Code::Unauthenticated | Code::PermissionDenied => Exit::Unauthorised,
         Code::Aborted => Exit::Conflict,
@@ -104,6 +107,28 @@ pub fn exit_for_status(status: &Status) -> Exit {
         Code::Unavailable | Code::DeadlineExceeded => Exit::Unreachable,
         _ => Exit::Error,
     }
+}
+
+/// A status this side made from a broken connection (a TLS handshake the
+/// server refused after it finished here, a reset): idsvc sent nothing, and
+/// the status carries the cause as its source.
+fn is_transport(status: &Status) -> bool {
+    status.code() == Code::Unknown && std::error::Error::source(status).is_some()
+}
+
+/// An error and its causes on one line ("transport error: tcp connect error: Connection refused").
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
 }
 
 fn problem_of(status: &Status) -> Option<ProblemType> {
@@ -115,6 +140,9 @@ impl From<Status> for Failure {
     fn from(status: Status) -> Self {
         let exit = exit_for_status(&status);
         let message = match (exit, status.message()) {
+            _ if is_transport(&status) => {
+                format!("the connection to idsvc failed: {}", chain(&status))
+            }
             (Exit::Unreachable, "") => format!("idsvc did not answer ({})", status.code()),
             (Exit::Unreachable, detail) => format!("idsvc did not answer: {detail}"),
             (_, "") => status.code().description().to_owned(),
@@ -170,6 +198,22 @@ mod tests {
         // Other problem types leave the code to decide.
         let unavailable = with_problem(Code::Unavailable, ProblemType::Unavailable);
         assert_eq!(exit_for_status(&unavailable), Exit::Unreachable);
+    }
+
+    #[test]
+    fn a_broken_connection_is_unreachable_but_an_unknown_answer_is_not() {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let broken = Status::from_error(Box::new(reset));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert_eq!(exit_for_status(&broken), Exit::Unreachable);
+        let failure = Failure::from(broken);
+        assert!(
+            failure.message.contains("reset by peer"),
+            "{}",
+            failure.message
+        );
+        // Sent by the server: no source.
+        assert_eq!(exit_for_status(&Status::unknown("odd")), Exit::Error);
     }
 
     #[test]
