@@ -9,6 +9,7 @@
 // Test helpers outside #[test] functions may unwrap too: a failure is the test's.
 #![allow(clippy::unwrap_used)]
 
+mod admin_cli;
 mod api;
 mod edge;
 mod failover;
