@@ -355,6 +355,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         admin,
         idsvc::grpc::Transport::Plaintext,
         None,
+        idsvc::AdminConfig::default(),
         shutdown.clone(),
     ));
     let metrics = match args.metrics {

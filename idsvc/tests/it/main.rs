@@ -25,4 +25,6 @@ mod hardening;
 mod harness;
 mod migration;
 mod mtls;
+mod phase_store;
+mod phases;
 mod reflection;

@@ -118,6 +118,7 @@ impl Server {
             admin,
             Transport::mtls(Arc::clone(&tls), "idbase"),
             None,
+            idsvc::AdminConfig::default(),
             shutdown.clone(),
         ));
         Self {

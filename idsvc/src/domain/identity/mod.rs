@@ -75,6 +75,9 @@ pub struct Policy {
     /// Failed credential checks take at least this long (timing hides
     /// which accounts exist and which hash scheme they have).
     pub credential_failure_floor: Duration,
+    /// From phase 4, members registered here get ids from this one upward
+    /// (legacy's stay below; see `--native-id-margin`).
+    pub native_id_start: UserId,
 }
 
 impl Default for Policy {
@@ -89,6 +92,7 @@ impl Default for Policy {
             throttle: ThrottlePolicy::default(),
             legacy_hash_limits: LegacyHashLimits::default(),
             credential_failure_floor: Duration::from_millis(DEFAULT_CREDENTIAL_FAILURE_FLOOR_MS),
+            native_id_start: super::phase::DEFAULT_NATIVE_ID_START,
         }
     }
 }
