@@ -10,6 +10,7 @@
 use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use clap::Parser;
 use gateway::clients::{ClientClass, Clients};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -215,15 +216,25 @@ struct Cutover {
     legacy_token_file: Option<PathBuf>,
 }
 
-// The phase service (idsvc) and phase following (gateway) take these flags;
-// dev hands them over by parsing them into those crates' clap arguments.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "wired in once idsvc and gateway take the cutover's flags"
-    )
-)]
+/// dev's idsvc reads the cutover's settings with `idbase idsvc`'s own
+/// flag parser, so the defaults and checks are idsvc's.
+#[derive(clap::Parser)]
+#[command(no_binary_name = true)]
+struct IdsvcCutoverFlags {
+    #[command(flatten)]
+    phases: idsvc::PhaseArgs,
+}
+
+/// Likewise for the gateway's legacy and phase-following flags.
+#[derive(clap::Parser)]
+#[command(no_binary_name = true)]
+struct GatewayCutoverFlags {
+    #[command(flatten)]
+    legacy: gateway::legacy::LegacyArgs,
+    #[command(flatten)]
+    follow: gateway::phase::follow::FollowArgs,
+}
+
 impl Cutover {
     fn legacy_flags(&self) -> Vec<std::ffi::OsString> {
         let mut flags = Vec::new();
@@ -258,6 +269,22 @@ impl Cutover {
         ];
         flags.extend(self.legacy_flags());
         flags
+    }
+
+    /// idsvc's admin port: the Phases service with dev's credentials.
+    fn admin_config(&self) -> anyhow::Result<idsvc::AdminConfig> {
+        let flags = IdsvcCutoverFlags::try_parse_from(self.idsvc_flags())?;
+        idsvc::AdminConfig::from_args(&flags.phases)
+    }
+
+    /// The gateway's legacy proxy and phase following.
+    fn gateway_config(&self) -> anyhow::Result<gateway::CutoverConfig> {
+        let flags = GatewayCutoverFlags::try_parse_from(self.gateway_flags())?;
+        Ok(gateway::CutoverConfig {
+            legacy: flags.legacy.config()?,
+            // Plain text on loopback: the token file is the credential.
+            follow: flags.follow.config(None)?,
+        })
     }
 }
 
@@ -313,13 +340,15 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         .with_context(|| format!("binding {}", args.http))?;
     let gateway_url = format!("http://{}", http.local_addr()?);
     let admin_url = format!("http://{}", admin.local_addr()?);
-    let _cutover = Cutover {
+    let cutover = Cutover {
         admin_credentials,
         admin_url: admin_url.clone(),
         gateway_admin_token,
         legacy_url: args.legacy_url.clone(),
         legacy_token_file: args.legacy_token_file.clone(),
     };
+    let admin_config = cutover.admin_config()?;
+    let gateway_cutover = cutover.gateway_config()?;
     let config = gateway::GatewayConfig {
         upstream: gateway::upstream::UpstreamConfig::single(format!(
             "http://{}",
@@ -355,7 +384,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         admin,
         idsvc::grpc::Transport::Plaintext,
         None,
-        idsvc::AdminConfig::default(),
+        admin_config,
         shutdown.clone(),
     ));
     let metrics = match args.metrics {
@@ -372,7 +401,8 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
         metrics,
         limits: gateway::connections::ConnectionLimits::default(),
     };
-    let served = gateway::serve_listeners(config, listeners, shutdown.clone()).await;
+    let served =
+        gateway::serve_listeners_with(config, gateway_cutover, listeners, shutdown.clone()).await;
     shutdown.cancel();
     idsvc.await.context("idsvc task")??;
     served

@@ -77,7 +77,7 @@ impl Dev {
                 .args(["--grpc", &free_addr().unwrap()])
                 .args(["--admin-grpc", &admin_addr])
                 .args(["--legacy-url", &format!("http://{no_legacy}")])
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", "error")
                 .stdout(Stdio::null())
                 .spawn()
                 .unwrap(),
