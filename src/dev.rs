@@ -373,7 +373,8 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
     println!(
         "\nTry:\n  curl -i -X POST {gateway_url}/v1/users -H 'Client-Token: {web}' -H 'Content-Type: application/json' \\\n    \
          -d '{{\"email\":\"hanako@example.com\",\"password\":\"correct horse battery\",\"phone\":\"090-1234-5678\"}}'\n  \
-         IDBASE_ADMIN_TOKEN=$(jq -r .admin_token {}) idbase admin phase get --admin-url {admin_url}\n",
+         IDBASE_ADMIN_TOKEN=$(python3 -c \"import json;print(json.load(open('{}'))['admin_token'])\") \\\n    \
+         idbase admin phase get --admin-url {admin_url}\n",
         args.data_dir.join("dev-credentials.json").display(),
     );
     // One process on loopback: gRPC stays in plain text (refused elsewhere).
