@@ -19,6 +19,7 @@ fn binary() -> PathBuf {
 /// A running `idbase dev` on free loopback ports under its own data dir.
 struct Dev {
     admin_url: String,
+    gateway_url: String,
     operator_token: String,
     data_dir: tempfile::TempDir,
     _process: Process,
@@ -66,6 +67,7 @@ impl Dev {
     async fn start() -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let admin_addr = free_addr().unwrap();
+        let http_addr = free_addr().unwrap();
         // Reserved and released: nothing listens there.
         let no_legacy = free_addr().unwrap();
         let process = Process(
@@ -73,7 +75,7 @@ impl Dev {
                 .arg("dev")
                 .arg("--data-dir")
                 .arg(data_dir.path())
-                .args(["--http", &free_addr().unwrap()])
+                .args(["--http", &http_addr])
                 .args(["--grpc", &free_addr().unwrap()])
                 .args(["--admin-grpc", &admin_addr])
                 .args(["--legacy-url", &format!("http://{no_legacy}")])
@@ -93,6 +95,7 @@ impl Dev {
                 if admin(&admin_url, Some(&operator_token), &["phase", "get"]).code != 6 {
                     return Self {
                         admin_url,
+                        gateway_url: format!("http://{http_addr}"),
                         operator_token,
                         data_dir,
                         _process: process,
@@ -107,6 +110,27 @@ impl Dev {
     fn operator(&self, args: &[&str]) -> Ran {
         admin(&self.admin_url, Some(&self.operator_token), args)
     }
+
+    /// Waits until dev's gateway routes by `generation` (its /readyz says so).
+    async fn gateway_follows(&self, generation: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ready: Value = reqwest::get(format!("{}/readyz", self.gateway_url))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if ready["generation"].as_u64() == Some(generation) {
+                return ready;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway does not follow generation {generation}: {ready}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 #[tokio::test]
@@ -120,6 +144,13 @@ async fn an_operator_walks_the_phases_with_checks_forces_and_history() {
     assert_eq!(start["name"], "legacy");
     assert_eq!(start["write_fence"], false);
     let mut generation = start["generation"].as_u64().unwrap();
+    // dev's gateway follows the phase from dev's own admin port.
+    let ready = dev.gateway_follows(generation).await;
+    assert_eq!(ready["phase"], 0, "{ready}");
+    assert_eq!(
+        ready["legacy"], false,
+        "nothing listens at --legacy-url: {ready}"
+    );
     let text = dev.operator(&["phase", "get"]);
     assert!(
         text.stdout.starts_with("phase        0 legacy\n"),
@@ -173,6 +204,8 @@ async fn an_operator_walks_the_phases_with_checks_forces_and_history() {
         );
         assert!(state["generation"].as_u64().unwrap() > generation);
         generation = state["generation"].as_u64().unwrap();
+        let ready = dev.gateway_follows(generation).await;
+        assert_eq!(ready["weight"], state["weight"], "{ready}");
     }
 
     // A jump is not a move, forced or not.
@@ -198,6 +231,7 @@ async fn an_operator_walks_the_phases_with_checks_forces_and_history() {
     assert_eq!(fenced["settled"]["write_fence"], false);
     assert!(fenced["settled"]["generation"].as_u64() > fenced["state"]["generation"].as_u64());
     generation = fenced["settled"]["generation"].as_u64().unwrap();
+    assert_eq!(dev.gateway_follows(generation).await["write_fence"], false);
 
     // Legacy is not needed for the last move.
     let complete = dev.operator(&[
