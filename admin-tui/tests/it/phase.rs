@@ -394,6 +394,20 @@ async fn wait_follows_the_phase_until_the_write_fence_is_lifted() {
     assert_eq!(moved["settled"]["generation"], 3);
     assert!(!double.current().write_fence);
 
+    // --wait after a move without a fence returns at once.
+    let double_ramp = Double::new();
+    double_ramp.start_at(1);
+    let ramp_url = double_ramp.serve().await;
+    let ramp = operator(
+        &ramp_url,
+        &[
+            "phase", "set", "2", "--weight", "5", "--reason", "r", "--wait", "--json",
+        ],
+    )
+    .await;
+    assert_eq!(ramp.exit, Exit::Ok, "{}", ramp.err);
+    assert_eq!(ramp.json()["settled"], Value::Null);
+
     // Back to 3 without --wait: the answer comes with the fence still up.
     let unwaited = operator(&url, &["phase", "set", "3", "--reason", "roll back"]).await;
     assert_eq!(unwaited.exit, Exit::Ok, "{}", unwaited.err);
