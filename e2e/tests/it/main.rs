@@ -14,6 +14,7 @@ mod admin_cli;
 mod api;
 mod edge;
 mod failover;
+mod legacy;
 
 /// The `idbase` that cargo built for this test run, with functional-test
 /// argon2 costs.
