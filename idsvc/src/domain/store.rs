@@ -52,6 +52,9 @@ pub struct NewUser<'a> {
     pub now: Millis,
     /// Recorded with the user, so a retried registration finds its result.
     pub key: Option<RegistrationKey<'a>>,
+    /// Native ids (from phase 4): the id is the next one at or above this,
+    /// above every id stored or deleted there; `None`: the next automatic id.
+    pub id_floor: Option<UserId>,
 }
 
 /// A registration's `Idempotency-Key`, as keyed hashes: of the client and

@@ -89,17 +89,46 @@ async fn update_user_row(
     Ok(done.rows_affected() == 1)
 }
 
+/// The next native id: `floor`, or past every id stored or deleted at or
+/// above it. On MySQL the locking read holds the range's end until commit,
+/// so concurrent registrations take turns (SQLite has one writer anyway).
+async fn next_native_id(
+    conn: &mut AnyConnection,
+    floor: UserId,
+    for_update: &str,
+) -> Result<UserId, sqlx::Error> {
+    let user: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT MAX(id) FROM users WHERE id >= ?{for_update}"
+    ))
+    .bind(floor)
+    .fetch_one(&mut *conn)
+    .await?;
+    let deleted: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT MAX(id) FROM tombstones WHERE id >= ?{for_update}"
+    ))
+    .bind(floor)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(user.max(deleted).map_or(floor, |highest| highest + 1))
+}
+
 pub(super) async fn create_user(
     store: &SqlStore,
     user: NewUser<'_>,
     seal: &Sealer<'_>,
 ) -> StoreResult<UserRow> {
+    let for_update = store.dialect.for_update();
     transaction!(store, |tx| {
+        let id = match user.id_floor {
+            Some(floor) => Some(next_native_id(&mut tx, floor, for_update).await?),
+            None => None,
+        };
         // The id is bound into the ciphertext, so insert first, then seal.
         let inserted = sqlx::query(
-            "INSERT INTO users (email_sealed, email_index, password_hash, version, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO users (id, email_sealed, email_index, password_hash, version, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
+        .bind(id)
         .bind(Vec::<u8>::new())
         .bind(user.email_index)
         .bind(user.password_hash)
@@ -110,7 +139,7 @@ pub(super) async fn create_user(
         .await
         .map_err(unique_as_email_taken)?;
         // MySQL reports the id; SQLite through `Any` does not, so ask.
-        let id = match inserted.last_insert_id() {
+        let id = match id.or(inserted.last_insert_id()) {
             Some(id) => id,
             None => {
                 sqlx::query_scalar("SELECT id FROM users WHERE email_index = ?")
