@@ -331,6 +331,10 @@ pub(super) async fn tombstone(store: &SqlStore, id: UserId) -> StoreResult<Optio
     }))
 }
 
+/// What a double write compares: version, created_at, email index,
+/// password hash, the last legacy hash's SHA-256.
+type StoredForUpsert = (i64, i64, Vec<u8>, String, Option<Vec<u8>>);
+
 pub(super) async fn upsert_legacy(
     store: &SqlStore,
     row: &UserRow,
@@ -346,14 +350,13 @@ pub(super) async fn upsert_legacy(
         if let Some(deleted) = tombstone.filter(|&deleted| deleted >= row.version) {
             return Ok((UpsertOutcome::Stale, deleted));
         }
-        let stored: Option<(i64, i64, Vec<u8>, String, Option<Vec<u8>>)> =
-            sqlx::query_as(&format!(
-                "SELECT version, created_at, email_index, password_hash, legacy_hash_sha256 \
+        let stored: Option<StoredForUpsert> = sqlx::query_as(&format!(
+            "SELECT version, created_at, email_index, password_hash, legacy_hash_sha256 \
                  FROM users WHERE id = ?{for_update}"
-            ))
-            .bind(row.id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        ))
+        .bind(row.id)
+        .fetch_optional(&mut *tx)
+        .await?;
         let legacy_hash = hash_digest(&row.password_hash);
         let outcome = match stored {
             Some((stored, ..)) if stored > row.version => {
