@@ -31,6 +31,7 @@ on_both_backends!(
     moves_compare_the_generation_and_pass_their_checks_or_are_forced,
     watchers_see_changes_at_once_from_any_replica_and_keepalives_between,
     the_write_fence_lifts_once_every_live_gateway_follows,
+    a_replica_keeps_the_heartbeats_it_received_in_bounded_memory,
 );
 
 fn credentials() -> AdminCredentials {
@@ -610,4 +611,57 @@ async fn the_write_fence_lifts_once_every_live_gateway_follows(backend: Backend)
         "lifted after {waited:?}"
     );
     shutdown.cancel();
+}
+
+async fn a_replica_keeps_the_heartbeats_it_received_in_bounded_memory(backend: Backend) {
+    use idsvc::domain::phase::{GatewayReport, PhaseService};
+    let h = Harness::new(backend).await;
+    let phases = PhaseService::start(h.store.clone(), h.clock.clone(), settings(), None)
+        .await
+        .unwrap();
+    let heartbeat = |id: String| GatewayReport {
+        gateway_id: id,
+        generation: 1,
+        writes_in_flight: 0,
+        endpoints_total: 1,
+        endpoints_serving: 1,
+        legacy_reachable: None,
+        reported_at: 0,
+    };
+    let clear_table = async || {
+        sqlx::query("DELETE FROM gateway_reports")
+            .execute(h.store.pool())
+            .await
+            .unwrap();
+    };
+    phases.report(heartbeat("gw-1".into())).await.unwrap();
+    // The table lost it (another replica's view, a lagging reader): this
+    // replica still knows the gateway it heard from.
+    clear_table().await;
+    let live = phases.live_gateways().await.unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].gateway_id, "gw-1");
+    assert_eq!(live[0].reported_at, idsvc::domain::Clock::now_ms(&*h.clock));
+    // A heartbeat past the TTL is not live.
+    h.clock.advance(Duration::from_millis(1600));
+    assert!(phases.live_gateways().await.unwrap().is_empty());
+
+    // Far more gateways than a fleet: memory holds a bounded number.
+    for i in 0..1100 {
+        phases.report(heartbeat(format!("gw-{i}"))).await.unwrap();
+    }
+    assert_eq!(
+        phases.live_gateways().await.unwrap().len(),
+        1100,
+        "the table has all"
+    );
+    clear_table().await;
+    assert_eq!(phases.live_gateways().await.unwrap().len(), 1024);
+    // Once those age out, new gateways take their place.
+    h.clock.advance(Duration::from_millis(1600));
+    phases.report(heartbeat("gw-new".into())).await.unwrap();
+    clear_table().await;
+    let live = phases.live_gateways().await.unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].gateway_id, "gw-new");
 }
