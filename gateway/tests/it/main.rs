@@ -4,5 +4,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod connections;
+mod phase;
 mod tls;
 mod waf;
