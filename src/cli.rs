@@ -37,7 +37,7 @@ pub enum Command {
     /// The ID service (gRPC).
     Idsvc(idsvc::IdsvcArgs),
     /// The HTTP gateway.
-    Gateway(gateway::GatewayArgs),
+    Gateway(Box<gateway::GatewayArgs>),
     /// Key management.
     #[command(subcommand)]
     Keys(KeysCommand),

@@ -73,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => dev::run(args, shutdown_signal()).await,
         Command::Idsvc(args) => idsvc::run(args.into_config(), shutdown_signal()).await,
-        Command::Gateway(args) => gateway::run(args, shutdown_signal()).await,
+        Command::Gateway(args) => gateway::run(*args, shutdown_signal()).await,
         Command::Migrate(command) => {
             let outcome = idsvc::migration::run(command, shutdown_signal()).await?;
             println!("{}", outcome.report);
