@@ -440,8 +440,8 @@ pub async fn serve_proxy(args: ProxyArgs) -> anyhow::Result<Value> {
 /// the gateway's `--idsvc-admin` phase following and `/readyz` generation):
 /// fails with the processes' complaint where those are not there yet.
 async fn phase_propagation(args: &Args, dir: &Path, legacy: SocketAddr) -> anyhow::Result<f64> {
-    use idbase_proto::v1::SetPhaseRequest;
     use idbase_proto::v1::phases_client::PhasesClient;
+    use idbase_proto::v1::{GetPhaseRequest, SetPhaseRequest};
     use sha2::{Digest, Sha256};
 
     let binary = e2e::idbase_binary()?;
@@ -548,30 +548,45 @@ async fn phase_propagation(args: &Args, dir: &Path, legacy: SocketAddr) -> anyho
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{admin}"))?
         .connect()
         .await?;
+    let mut phases = PhasesClient::new(channel);
     let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {operator}").parse()?;
-    let mut phases =
-        PhasesClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
-            request
-                .metadata_mut()
-                .insert("authorization", bearer.clone());
-            Ok(request)
-        });
+    fn authorised<T>(
+        bearer: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+        message: T,
+    ) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", bearer.clone());
+        request
+    }
+    let mut current = phases
+        .get_phase(authorised(&bearer, GetPhaseRequest {}))
+        .await?
+        .into_inner()
+        .generation;
     let mut set = async |target: u32, weight: u32| -> anyhow::Result<(u64, Instant)> {
         let sent = Instant::now();
         let answer = phases
-            .set_phase(SetPhaseRequest {
-                target,
-                weight,
-                expected_generation: 0,
-                // No legacy behind the bench's stand-in, no traffic: the
-                // checks would refuse; the moves themselves are what is timed.
-                force: true,
-                reason: "bench cutover: phase propagation".to_owned(),
-            })
+            .set_phase(authorised(
+                &bearer,
+                SetPhaseRequest {
+                    target,
+                    weight,
+                    expected_generation: current,
+                    // No legacy behind the bench's stand-in, no traffic: the
+                    // checks would refuse; the moves themselves are what is timed.
+                    force: true,
+                    reason: "bench cutover: phase propagation".to_owned(),
+                },
+            ))
             .await?
             .into_inner();
-        let state = answer.state.context("SetPhase answered no state")?;
-        Ok((state.generation, sent))
+        current = answer
+            .state
+            .context("SetPhase answered no state")?
+            .generation;
+        Ok((current, sent))
     };
     // Up to phase 2, untimed.
     set(1, 100).await?;
