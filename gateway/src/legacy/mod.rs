@@ -196,10 +196,13 @@ impl Failure {
 
 impl Legacy {
     pub fn new(config: LegacyConfig) -> anyhow::Result<Self> {
+        // Half the try for the connection: a blackholed legacy then fails as
+        // a connect error (nothing sent, so even a POST may retry) before
+        // the try's own timeout would leave it unknown whether it was sent.
         let client = connector::client(
             &config.url,
             config.ca.as_deref(),
-            config.timeout,
+            config.timeout / 2,
             config.pool_idle,
         )?;
         anyhow::ensure!(

@@ -570,3 +570,74 @@ fn configuration_reads_the_credential_and_refuses_plain_text_off_loopback() {
     let empty = LegacyConfig::new("http://127.0.0.1:1".parse().unwrap(), "");
     assert!(Legacy::new(empty).is_err());
 }
+
+#[tokio::test]
+async fn https_legacy_is_checked_against_the_configured_ca() {
+    use rustls::pki_types::PrivateKeyDer;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.cert.der().clone()],
+        PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into()),
+    )
+    .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let recorder = Recorder::default();
+    let app = Router::new()
+        .fallback(any(record))
+        .with_state(recorder.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
+                    .await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("legacy-ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let url: url::Url = format!("https://localhost:{port}/").parse().unwrap();
+
+    let trusting = Legacy::new(LegacyConfig {
+        ca: Some(ca),
+        ..LegacyConfig::new(url.clone(), TOKEN)
+    })
+    .unwrap();
+    let response = trusting
+        .forward(
+            request(Method::GET, "/v1/users/me", Body::empty()),
+            &web_client(),
+            0,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::IM_A_TEAPOT);
+    assert_eq!(recorder.all()[0].headers["idbase-gateway-token"], TOKEN);
+
+    // The web PKI does not vouch for a self-signed certificate: the handshake
+    // fails, nothing was sent.
+    let web_pki = Legacy::new(LegacyConfig::new(url, TOKEN)).unwrap();
+    let response = web_pki
+        .forward(
+            request(Method::GET, "/v1/users/me", Body::empty()),
+            &web_client(),
+            0,
+        )
+        .await;
+    assert_eq!(tries(&response), 2);
+    assert_unavailable(response).await;
+    assert_eq!(recorder.all().len(), 1);
+}
