@@ -335,8 +335,13 @@ pub async fn run(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         TrustedProxies::new(args.edge.trusted_proxies.clone()),
     )
     .fit_descriptors(nofile);
+    let mut legacy = args.legacy.config()?;
+    if let Some(legacy) = &mut legacy {
+        legacy.trusted_proxies = TrustedProxies::new(args.edge.trusted_proxies.clone());
+        legacy.max_body_bytes = args.max_body_bytes;
+    }
     let cutover = CutoverConfig {
-        legacy: args.legacy.config()?,
+        legacy,
         follow: args.follow.config(args.upstream.tls.files())?,
     };
     let config = GatewayConfig {

@@ -10,7 +10,7 @@
 use crate::clients::{Client, ClientClass};
 use crate::problem::Problem;
 use crate::telemetry::RequestId;
-use crate::waf::source_ip::SourceIp;
+use crate::waf::source_ip::{SourceIp, TrustedProxies};
 use anyhow::Context;
 use axum::body::Body;
 use axum::extract::Request;
@@ -63,12 +63,10 @@ impl LegacyArgs {
                 .to_owned(),
             None => String::new(),
         };
-        Ok(Some(LegacyConfig {
-            url,
-            token,
-            timeout: Duration::from_millis(self.legacy_timeout_ms),
-            pool_idle: self.legacy_pool_idle,
-        }))
+        let mut config = LegacyConfig::new(url, token);
+        config.timeout = Duration::from_millis(self.legacy_timeout_ms);
+        config.pool_idle = self.legacy_pool_idle;
+        Ok(Some(config))
     }
 }
 
@@ -77,9 +75,27 @@ impl LegacyArgs {
 pub struct LegacyConfig {
     pub url: Uri,
     /// The gateway's credential at legacy.
-    pub token: String,
+    pub gateway_token: String,
     pub timeout: Duration,
     pub pool_idle: usize,
+    /// The gateway's own proxies, whose `X-Forwarded-For` is passed on.
+    pub trusted_proxies: TrustedProxies,
+    /// Largest request body passed on.
+    pub max_body_bytes: usize,
+}
+
+impl LegacyConfig {
+    /// The flags' defaults for everything but the URL and credential.
+    pub fn new(url: Uri, gateway_token: impl Into<String>) -> Self {
+        Self {
+            url,
+            gateway_token: gateway_token.into(),
+            timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
+            pool_idle: DEFAULT_POOL_IDLE,
+            trusted_proxies: TrustedProxies::default(),
+            max_body_bytes: crate::DEFAULT_MAX_BODY_BYTES,
+        }
+    }
 }
 
 impl std::fmt::Debug for LegacyConfig {
@@ -155,7 +171,7 @@ impl Legacy {
             "{}: the legacy URL must be http://",
             config.url
         );
-        let token = HeaderValue::from_str(&config.token)
+        let token = HeaderValue::from_str(&config.gateway_token)
             .context("the legacy token is not a valid header value")?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);

@@ -252,11 +252,10 @@ async fn gateway(admin: &str, idsvc: &str, with_legacy: bool, stale_after: Durat
         edge: Default::default(),
     };
     let cutover = CutoverConfig {
-        legacy: with_legacy.then(|| LegacyConfig {
-            url: legacy_url.parse().unwrap(),
-            token: "gw-cred".into(),
-            timeout: Duration::from_secs(2),
-            pool_idle: 4,
+        legacy: with_legacy.then(|| {
+            let mut legacy = LegacyConfig::new(legacy_url.parse().unwrap(), "gw-cred");
+            legacy.timeout = Duration::from_secs(2);
+            legacy
         }),
         follow: Some(FollowConfig {
             url: admin.to_owned(),
