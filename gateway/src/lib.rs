@@ -335,8 +335,13 @@ pub async fn run(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         TrustedProxies::new(args.edge.trusted_proxies.clone()),
     )
     .fit_descriptors(nofile);
+    let legacy = args.legacy.config()?.map(|legacy| legacy::LegacyConfig {
+        trusted_proxies: TrustedProxies::new(args.edge.trusted_proxies.clone()),
+        max_body_bytes: args.max_body_bytes,
+        ..legacy
+    });
     let cutover = CutoverConfig {
-        legacy: args.legacy.config()?,
+        legacy,
         follow: args.follow.config(args.upstream.tls.files())?,
     };
     let config = GatewayConfig {

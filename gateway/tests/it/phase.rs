@@ -209,6 +209,14 @@ async fn legacy() -> (String, Arc<Mutex<Seen>>) {
                 }
             }),
         )
+        // A slow registration, to catch it in flight.
+        .route(
+            "/v1/users",
+            axum::routing::post(|| async {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                ([("legacy-served", "true")], StatusCode::CREATED)
+            }),
+        )
         .fallback(move |request: axum::extract::Request| async move {
             let path = request.uri().to_string();
             record.lock().unwrap().headers = Some(request.headers().clone());
@@ -245,10 +253,9 @@ async fn gateway(admin: &str, idsvc: &str, with_legacy: bool, stale_after: Durat
     };
     let cutover = CutoverConfig {
         legacy: with_legacy.then(|| LegacyConfig {
-            url: legacy_url.parse().unwrap(),
-            token: "gw-cred".into(),
             timeout: Duration::from_secs(2),
             pool_idle: 4,
+            ..LegacyConfig::new(legacy_url.parse().unwrap(), "gw-cred")
         }),
         follow: Some(FollowConfig {
             url: admin.to_owned(),
@@ -609,4 +616,47 @@ async fn readiness_needs_the_phase_and_legacy_for_phases_1_to_4() {
     .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["type"], "urn:idbase:problem:unavailable");
+}
+
+#[tokio::test]
+async fn writes_in_flight_are_reported_until_they_finish() {
+    let admin = AdminPort::start(state(3, 2)).await;
+    let s = gateway(&admin.url, CLOSED, true, Duration::from_secs(3)).await;
+    until_generation(&s.app, 2).await;
+    let register = serde_json::json!({ "email": "new@example.com", "password": "correct horse" });
+    let app = s.app.clone();
+    let write =
+        tokio::spawn(
+            async move { call(&app, "POST", "/v1/users", "web-token", None, register).await },
+        );
+    let reported = |n: u32| {
+        admin
+            .admin
+            .reports
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.writes_in_flight == n)
+    };
+    let deadline = Instant::now() + Duration::from_millis(1200);
+    while !reported(1) {
+        assert!(
+            Instant::now() < deadline,
+            "the write in flight was not reported"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, headers, _) = write.await.unwrap();
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(served_by_legacy(&headers));
+    admin.admin.reports.lock().unwrap().clear();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !reported(0) {
+        assert!(
+            Instant::now() < deadline,
+            "the finished write is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    admin.kill().await;
 }

@@ -52,6 +52,9 @@ pub struct NewUser<'a> {
     pub now: Millis,
     /// Recorded with the user, so a retried registration finds its result.
     pub key: Option<RegistrationKey<'a>>,
+    /// Native ids (from phase 4): the id is the next one at or above this,
+    /// above every id stored or deleted there; `None`: the next automatic id.
+    pub id_floor: Option<UserId>,
 }
 
 /// A registration's `Idempotency-Key`, as keyed hashes: of the client and
@@ -189,6 +192,16 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the user (if stored with a version ≤ `version`), leaves or raises
     /// the tombstone, and revokes all their sessions. True if a user was deleted.
     async fn delete_user(&self, id: UserId, version: i64, now: Millis) -> StoreResult<bool>;
+    /// A login's re-hash of the password: writes `row` if the stored
+    /// version is still `expected_version`, and keeps `replaced` (the hash it
+    /// replaces) as the last legacy hash unless a double write recorded one:
+    /// a later double write of that same legacy hash is no password change.
+    async fn rehash_user(
+        &self,
+        row: &UserRow,
+        expected_version: i64,
+        replaced: &str,
+    ) -> StoreResult<bool>;
     async fn tombstone(&self, id: UserId) -> StoreResult<Option<Tombstone>>;
     /// Double write: newest version wins, tombstones win over older upserts.
     /// An update that changes the email index or brings another legacy

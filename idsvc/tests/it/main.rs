@@ -21,6 +21,7 @@ macro_rules! on_both_backends {
 }
 
 mod conformance;
+mod cutover;
 mod hardening;
 mod harness;
 mod migration;

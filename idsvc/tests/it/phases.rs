@@ -31,6 +31,7 @@ on_both_backends!(
     moves_compare_the_generation_and_pass_their_checks_or_are_forced,
     watchers_see_changes_at_once_from_any_replica_and_keepalives_between,
     the_write_fence_lifts_once_every_live_gateway_follows,
+    a_replica_keeps_the_heartbeats_it_received_in_bounded_memory,
 );
 
 fn credentials() -> AdminCredentials {
@@ -505,18 +506,18 @@ async fn watchers_see_changes_at_once_from_any_replica_and_keepalives_between(ba
         ..set(target, 0, generation, "test")
     };
     a.set_phase(as_(ALICE, force(1, 1))).await.unwrap();
-    let pushed = next_state(&mut stream, Duration::from_millis(500)).await;
+    let pushed = next_state(&mut stream, Duration::from_millis(1000)).await;
     assert_eq!((pushed.phase, pushed.generation), (1, 2));
     // Moved on the other replica: seen within its poll.
     b.set_phase(as_(ALICE, force(2, 2))).await.unwrap();
-    let polled = next_state(&mut stream, Duration::from_millis(500)).await;
+    let polled = next_state(&mut stream, Duration::from_millis(1000)).await;
     assert_eq!((polled.phase, polled.generation), (2, 3));
     // Quiet: the state again after the keepalive.
     let started = tokio::time::Instant::now();
     let repeated = next_state(&mut stream, Duration::from_millis(2500)).await;
     assert_eq!(repeated.generation, 3);
     assert!(
-        started.elapsed() >= Duration::from_millis(1000),
+        started.elapsed() >= Duration::from_millis(700),
         "{:?}",
         started.elapsed()
     );
@@ -590,24 +591,82 @@ async fn the_write_fence_lifts_once_every_live_gateway_follows(backend: Backend)
 
     // Rolled back (fenced again); the gateways go quiet, so once their
     // reports age out the lifter lifts it with nobody to wait for.
+    let last_report = tokio::time::Instant::now();
+    report_all(&mut c, 6, 0).await;
     c.set_phase(as_(ALICE, set(3, 0, 6, "roll back writes")))
         .await
         .unwrap();
     assert!(get(&mut c).await.write_fence);
-    let mut waited = Duration::ZERO;
     let lifted = loop {
         let state = get(&mut c).await;
         if !state.write_fence {
             break state;
         }
-        assert!(waited < Duration::from_secs(5), "the fence never lifted");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        waited += Duration::from_millis(100);
+        assert!(
+            last_report.elapsed() < Duration::from_secs(8),
+            "the fence never lifted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!((lifted.phase, lifted.generation), (3, 8));
+    // Not before the last report aged past the TTL (1.5 s).
+    let after = last_report.elapsed();
     assert!(
-        waited >= Duration::from_millis(1000),
-        "lifted after {waited:?}"
+        after >= Duration::from_millis(1500),
+        "lifted after {after:?}"
     );
     shutdown.cancel();
+}
+
+async fn a_replica_keeps_the_heartbeats_it_received_in_bounded_memory(backend: Backend) {
+    use idsvc::domain::phase::{GatewayReport, PhaseService};
+    let h = Harness::new(backend).await;
+    let phases = PhaseService::start(h.store.clone(), h.clock.clone(), settings(), None)
+        .await
+        .unwrap();
+    let heartbeat = |id: String| GatewayReport {
+        gateway_id: id,
+        generation: 1,
+        writes_in_flight: 0,
+        endpoints_total: 1,
+        endpoints_serving: 1,
+        legacy_reachable: None,
+        reported_at: 0,
+    };
+    let clear_table = async || {
+        sqlx::query("DELETE FROM gateway_reports")
+            .execute(h.store.pool())
+            .await
+            .unwrap();
+    };
+    phases.report(heartbeat("gw-1".into())).await.unwrap();
+    // The table lost it (another replica's view, a lagging reader): this
+    // replica still knows the gateway it heard from.
+    clear_table().await;
+    let live = phases.live_gateways().await.unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].gateway_id, "gw-1");
+    assert_eq!(live[0].reported_at, idsvc::domain::Clock::now_ms(&*h.clock));
+    // A heartbeat past the TTL is not live.
+    h.clock.advance(Duration::from_millis(1600));
+    assert!(phases.live_gateways().await.unwrap().is_empty());
+
+    // Far more gateways than a fleet: memory holds a bounded number.
+    for i in 0..1100 {
+        phases.report(heartbeat(format!("gw-{i}"))).await.unwrap();
+    }
+    assert_eq!(
+        phases.live_gateways().await.unwrap().len(),
+        1100,
+        "the table has all"
+    );
+    clear_table().await;
+    assert_eq!(phases.live_gateways().await.unwrap().len(), 1024);
+    // Once those age out, new gateways take their place.
+    h.clock.advance(Duration::from_millis(1600));
+    phases.report(heartbeat("gw-new".into())).await.unwrap();
+    clear_table().await;
+    let live = phases.live_gateways().await.unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].gateway_id, "gw-new");
 }

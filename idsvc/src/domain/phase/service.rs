@@ -8,7 +8,8 @@ use super::rules::{self, MoveKind, Phase};
 use super::{AUTOMATIC, GatewayReport, PhaseChange, PhaseState, PhaseSwap};
 use crate::domain::{Clock, Error, Millis, Result, Store};
 use rand::RngCore;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +33,9 @@ pub const DEFAULT_NATIVE_ID_MARGIN: i64 = 1_000_000;
 
 /// Heartbeats older than this are deleted.
 const REPORT_RETENTION: Duration = Duration::from_secs(3600);
+/// Gateways whose heartbeats a replica keeps in memory: far more than a
+/// fleet, and a bound on what callers can make it hold.
+const MAX_GATEWAYS_IN_MEMORY: usize = 1024;
 
 #[derive(Clone, Debug)]
 pub struct PhaseSettings {
@@ -108,6 +112,10 @@ pub struct PhaseService {
     settings: PhaseSettings,
     legacy: Option<Arc<dyn LegacyProbe>>,
     current: watch::Sender<PhaseState>,
+    /// The heartbeats this replica received, newest per gateway: its own
+    /// view at once, whatever the database's replicas lag. The table holds
+    /// every replica's.
+    reports: Mutex<HashMap<String, GatewayReport>>,
 }
 
 impl PhaseService {
@@ -142,6 +150,7 @@ impl PhaseService {
             settings,
             legacy,
             current,
+            reports: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -217,16 +226,56 @@ impl PhaseService {
         Ok(self.store.phase_history(limit).await?)
     }
 
-    /// The live gateways' heartbeats.
+    /// The live gateways' heartbeats: the fleet's from the table, with the
+    /// newer of the two where this replica holds one too.
     pub async fn live_gateways(&self) -> Result<Vec<GatewayReport>> {
         let since = self.clock.now_ms() - millis(self.settings.report_ttl);
-        Ok(self.store.gateway_reports(since).await?)
+        let mut live: HashMap<String, GatewayReport> = self
+            .store
+            .gateway_reports(since)
+            .await?
+            .into_iter()
+            .map(|report| (report.gateway_id.clone(), report))
+            .collect();
+        for report in self.lock_reports().values() {
+            if report.reported_at < since {
+                continue;
+            }
+            let newer = live
+                .get(&report.gateway_id)
+                .is_none_or(|known| known.reported_at < report.reported_at);
+            if newer {
+                live.insert(report.gateway_id.clone(), report.clone());
+            }
+        }
+        let mut live: Vec<GatewayReport> = live.into_values().collect();
+        live.sort_by(|a, b| a.gateway_id.cmp(&b.gateway_id));
+        Ok(live)
+    }
+
+    fn lock_reports(&self) -> std::sync::MutexGuard<'_, HashMap<String, GatewayReport>> {
+        // A panic while holding the lock leaves a map that is still whole.
+        self.reports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Keeps a gateway's heartbeat; may lift the write fence.
     pub async fn report(&self, mut report: GatewayReport) -> Result<()> {
         report.reported_at = self.clock.now_ms();
         self.store.record_gateway_report(&report).await?;
+        {
+            let mut reports = self.lock_reports();
+            if reports.len() >= MAX_GATEWAYS_IN_MEMORY && !reports.contains_key(&report.gateway_id)
+            {
+                let since = report.reported_at - millis(self.settings.report_ttl);
+                reports.retain(|_, kept| kept.reported_at >= since);
+            }
+            // Still full of live gateways: the table alone holds this one.
+            if reports.len() < MAX_GATEWAYS_IN_MEMORY || reports.contains_key(&report.gateway_id) {
+                reports.insert(report.gateway_id.clone(), report);
+            }
+        }
         if self.current.borrow().write_fence {
             let stored = self.stored().await?;
             if stored.write_fence {

@@ -180,6 +180,15 @@ impl Store for SqlStore {
         users::delete_user(self, id, version, now).await
     }
 
+    async fn rehash_user(
+        &self,
+        row: &UserRow,
+        expected_version: i64,
+        replaced: &str,
+    ) -> StoreResult<bool> {
+        users::rehash_user(self, row, expected_version, replaced).await
+    }
+
     async fn tombstone(&self, id: UserId) -> StoreResult<Option<Tombstone>> {
         users::tombstone(self, id).await
     }
