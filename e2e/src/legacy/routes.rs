@@ -387,17 +387,18 @@ fn confirm_password(member: &Member, raw: &str) -> Result<(), Problem> {
     }
 }
 
-/// Single use: the session of the token ends, and idbase opens its own.
+/// Single use: the session of the token ends, and idbase opens its own. A
+/// repeat within the grace window names the member again, so the gateway
+/// can retry an exchange that failed at idsvc without logging the member out.
 async fn redeem(
     State(state): State<AppState>,
     Json(body): Json<RefreshTokenBody>,
 ) -> Result<Json<serde_json::Value>, Problem> {
-    let (member, session) = state
+    let member = state
         .store
-        .spend_refresh(&body.refresh_token)
+        .redeem(&body.refresh_token)
         .await?
         .ok_or_else(Problem::invalid_token)?;
-    state.store.revoke_session(session).await?;
     Ok(Json(json!({ "member_id": member })))
 }
 

@@ -26,6 +26,7 @@ const EMULATOR_DDL: &[&str] = &[
         MemberId  BIGINT     NOT NULL,
         ExpiresAt BIGINT     NOT NULL,
         Revoked   TINYINT    NOT NULL DEFAULT 0,
+        RedeemedAt BIGINT    NULL,
         KEY ix_token_session (SessionId),
         KEY ix_token_member (MemberId)
     )",
@@ -56,6 +57,9 @@ const JST: UtcOffset = match UtcOffset::from_hms(9, 0, 0) {
 /// Access tokens live 15 minutes, refresh tokens 30 days: idbase's defaults.
 pub const ACCESS_TTL_SECS: i64 = 15 * 60;
 const REFRESH_TTL_MS: i64 = 30 * 24 * 3600 * 1000;
+/// How long a redeemed refresh token still names its member: the gateway
+/// may retry an exchange that idsvc failed after legacy had redeemed.
+pub const REDEEM_GRACE_MS: i64 = 30 * 1000;
 
 /// Rows per INSERT while seeding.
 const SEED_BATCH: i64 = 1000;
@@ -456,6 +460,53 @@ impl Store {
         Ok(valid.then_some((member, session)))
     }
 
+    /// Redeems a refresh token for the exchange: its session ends and its
+    /// member is named. A repeat within [`REDEEM_GRACE_MS`] names the member
+    /// again (the gateway's retry); any other use of a spent token is reuse.
+    pub async fn redeem(&self, token: &str) -> sqlx::Result<Option<i64>> {
+        let hash = token_hash(token);
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT t.MemberId, t.SessionId, t.Revoked, t.ExpiresAt, t.RedeemedAt, m.DelFlag \
+             FROM LegacyToken t LEFT JOIN Member m ON m.MemberId = t.MemberId \
+             WHERE t.TokenHash = ? AND t.Kind = 'r' FOR UPDATE",
+        )
+        .bind(&hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let member: i64 = row.try_get(0)?;
+        let session: i64 = row.try_get(1)?;
+        let revoked: i8 = row.try_get(2)?;
+        let expires: i64 = row.try_get(3)?;
+        let redeemed: Option<i64> = row.try_get(4)?;
+        let deleted: Option<i8> = row.try_get(5)?;
+        let now = now_ms();
+        let member_exists = deleted == Some(0);
+        let outcome = match redeemed {
+            Some(at) if now - at <= REDEEM_GRACE_MS && member_exists => Some(member),
+            Some(_) => None,
+            None if revoked == 0 && expires > now && member_exists => {
+                sqlx::query("UPDATE LegacyToken SET RedeemedAt = ? WHERE TokenHash = ?")
+                    .bind(now)
+                    .bind(&hash)
+                    .execute(&mut *tx)
+                    .await?;
+                Some(member)
+            }
+            None => None,
+        };
+        // Redeemed or not, the session ends (a spent token's reuse included).
+        sqlx::query("UPDATE LegacyToken SET Revoked = 1 WHERE SessionId = ?")
+            .bind(session)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
     /// Ends the session of a refresh token (unknown tokens are ignored).
     pub async fn revoke(&self, refresh_token: &str) -> sqlx::Result<()> {
         sqlx::query(
@@ -466,15 +517,6 @@ impl Store {
         .bind(token_hash(refresh_token))
         .execute(&self.pool)
         .await?;
-        Ok(())
-    }
-
-    /// Ends a whole session.
-    pub async fn revoke_session(&self, session: i64) -> sqlx::Result<()> {
-        sqlx::query("UPDATE LegacyToken SET Revoked = 1 WHERE SessionId = ?")
-            .bind(session)
-            .execute(&self.pool)
-            .await?;
         Ok(())
     }
 }

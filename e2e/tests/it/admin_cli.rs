@@ -22,6 +22,7 @@ struct Dev {
     gateway_url: String,
     operator_token: String,
     data_dir: tempfile::TempDir,
+    _legacy_token: tempfile::NamedTempFile,
     _process: Process,
 }
 
@@ -70,6 +71,8 @@ impl Dev {
         let http_addr = free_addr().unwrap();
         // Reserved and released: nothing listens there.
         let no_legacy = free_addr().unwrap();
+        let legacy_token = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(legacy_token.path(), "gateway-credential-at-legacy").unwrap();
         let process = Process(
             Command::new(binary())
                 .arg("dev")
@@ -79,6 +82,8 @@ impl Dev {
                 .args(["--grpc", &free_addr().unwrap()])
                 .args(["--admin-grpc", &admin_addr])
                 .args(["--legacy-url", &format!("http://{no_legacy}")])
+                .arg("--legacy-token-file")
+                .arg(legacy_token.path())
                 .env("RUST_LOG", "error")
                 .stdout(Stdio::null())
                 .spawn()
@@ -98,6 +103,7 @@ impl Dev {
                         gateway_url: format!("http://{http_addr}"),
                         operator_token,
                         data_dir,
+                        _legacy_token: legacy_token,
                         _process: process,
                     };
                 }
