@@ -243,6 +243,9 @@ http {{
     }}
     server {{
         listen {listen};
+        # The load generator keeps its connections for the whole phase;
+        # nginx's default closes one after 1,000 requests.
+        keepalive_requests 100000000;
         location / {{
             proxy_pass http://legacy;
             proxy_http_version 1.1;
