@@ -5,5 +5,6 @@
 
 mod connections;
 mod legacy;
+mod phase;
 mod tls;
 mod waf;
