@@ -54,6 +54,9 @@ pub struct Args {
     /// Skip the propagation half (it needs MariaDB and the built `idbase`).
     #[arg(long)]
     no_propagation: bool,
+    /// An `idbase` binary for the propagation half, instead of building one.
+    #[arg(long)]
+    idbase: Option<PathBuf>,
 }
 
 /// The hidden `bench cutover-proxy`: the gateway's proxy path as its own
@@ -243,6 +246,9 @@ http {{
     }}
     server {{
         listen {listen};
+        # The load generator keeps its connections for the whole phase;
+        # nginx's default closes one after 1,000 requests.
+        keepalive_requests 100000000;
         location / {{
             proxy_pass http://legacy;
             proxy_http_version 1.1;
@@ -444,7 +450,10 @@ async fn phase_propagation(args: &Args, dir: &Path, legacy: SocketAddr) -> anyho
     use idbase_proto::v1::{GetPhaseRequest, SetPhaseRequest};
     use sha2::{Digest, Sha256};
 
-    let binary = e2e::idbase_binary()?;
+    let binary = match &args.idbase {
+        Some(path) => path.clone(),
+        None => e2e::idbase_binary()?,
+    };
     let keys = dir.join("keys");
     e2e::generate_keys(&binary, &keys)?;
     let database = e2e::fresh_mysql_database().await?;
