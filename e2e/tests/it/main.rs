@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod cutover;
 mod edge;
 mod failover;
 
