@@ -237,7 +237,7 @@ impl Cutover {
         // Legacy double-writes through the first gateway and verifies idbase
         // access tokens against its JWKS.
         let first = gateways.first().context("a cutover needs a gateway")?;
-        let legacy = Command::new(legacy_binary()?)
+        let legacy = Command::new(legacy_binary(&binary)?)
             .args([
                 "--database-url",
                 legacy_database.url(),
@@ -321,10 +321,32 @@ impl Cutover {
             .map(tonic::Response::into_inner))
     }
 
-    /// Moves to `target` at `weight` (checks must pass), waits until any
+    /// Waits until CheckPhase finds the move to `target` at `weight` ready
+    /// (the gateways report, legacy answers, …); the last checks when not
+    /// within 15 s.
+    pub async fn wait_checks(&self, target: u32, weight: u32) -> anyhow::Result<()> {
+        let mut admin = self.admin().await?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let checks = admin
+                .check_phase(pb::CheckPhaseRequest { target, weight })
+                .await?
+                .into_inner();
+            if checks.ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the move to {target} at {weight}% is not ready within 15 s: {checks:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Moves to `target` at `weight` once its checks pass, waits until any
     /// write fence is lifted and every gateway routes by the settled
     /// generation; returns that state.
     pub async fn move_to(&self, target: u32, weight: u32) -> anyhow::Result<pb::PhaseState> {
+        self.wait_checks(target, weight).await?;
         if let Err(status) = self.set_phase(target, weight).await? {
             bail!("moving to {target} at {weight}%: {status:?}");
         }
@@ -487,22 +509,31 @@ pub async fn wait_generation(
     Ok(started.elapsed())
 }
 
-/// The legacy emulator binary (`e2e`'s bin `legacy`): `IDBASE_E2E_LEGACY_BINARY`
-/// when set, else built once per process like [`crate::idbase_binary`], in a
-/// target dir of its own so it does not unify features with the test build.
-pub fn legacy_binary() -> anyhow::Result<PathBuf> {
+/// The legacy emulator (`e2e`'s bin `legacy`), built once per process next to
+/// `idbase` (the binary under test), in its target dir and profile:
+/// `IDBASE_E2E_LEGACY_BINARY` names a prebuilt one instead.
+///
+/// The black-box tests are the root package's, and cargo hands a test only
+/// its own package's binaries; cargo releases the target dir while tests
+/// run, so building the one missing binary there reuses every artifact the
+/// test build left (nothing when `cargo build --workspace` ran before).
+pub fn legacy_binary(idbase: &Path) -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("IDBASE_E2E_LEGACY_BINARY") {
         return Ok(PathBuf::from(path));
     }
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            let profile_dir = idbase
+                .parent()
+                .ok_or_else(|| format!("{} has no directory", idbase.display()))?;
+            let target = profile_dir
+                .parent()
+                .ok_or_else(|| format!("{} is not in a target dir", idbase.display()))?;
             let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| workspace.join("target"), PathBuf::from)
-                .join("e2e-legacy");
-            let status = Command::new(cargo)
+            let mut build = Command::new(cargo);
+            build
                 .current_dir(&workspace)
                 .args([
                     "build",
@@ -513,13 +544,18 @@ pub fn legacy_binary() -> anyhow::Result<PathBuf> {
                     "legacy",
                     "--target-dir",
                 ])
-                .arg(&target)
-                .status()
-                .map_err(|e| e.to_string())?;
-            if !status.success() {
-                return Err(format!("cargo build --bin legacy failed: {status}"));
+                .arg(target);
+            if profile_dir
+                .file_name()
+                .is_some_and(|name| name == "release")
+            {
+                build.arg("--release");
             }
-            Ok(target.join("debug").join("legacy"))
+            let status = build.status().map_err(|e| e.to_string())?;
+            if !status.success() {
+                return Err(format!("cargo build -p e2e --bin legacy failed: {status}"));
+            }
+            Ok(profile_dir.join("legacy"))
         })
         .clone()
         .map_err(anyhow::Error::msg)

@@ -22,6 +22,7 @@ async fn two_gateways_follow_a_move_within_50_ms() {
     let mut admin = cutover.admin().await.unwrap();
     let mut lags = Vec::new();
     for (target, weight) in [(1, 100), (2, 10), (2, 50), (2, 100), (3, 100)] {
+        cutover.wait_checks(target, weight).await.unwrap();
         let current = admin
             .get_phase(pb::GetPhaseRequest {})
             .await
@@ -64,6 +65,7 @@ async fn two_gateways_follow_a_move_within_50_ms() {
 #[tokio::test]
 async fn a_move_at_a_stale_generation_is_refused() {
     let cutover = start(1, &[]).await;
+    cutover.wait_checks(1, 100).await.unwrap();
     let state = cutover.phase().await.unwrap();
     let request = |target: u32| pb::SetPhaseRequest {
         target,
