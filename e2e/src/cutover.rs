@@ -33,6 +33,20 @@ pub fn seeded_password(id: i64) -> String {
     format!("password-{id}")
 }
 
+/// Whether a member falls in a ramp's share, as the gateways decide it:
+/// HMAC-SHA256 over the normalised email (trimmed, lower-cased) keyed with
+/// the phase's ramp key; the first 8 bytes, big-endian, modulo 100, below
+/// the weight.
+pub fn in_ramp(ramp_key: &[u8], email: &str, weight: u32) -> anyhow::Result<bool> {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(ramp_key)?;
+    mac.update(email.trim().to_lowercase().as_bytes());
+    let digest = mac.finalize().into_bytes();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    Ok(u64::from_be_bytes(first) % 100 < u64::from(weight))
+}
+
 /// The legacy fixture's mapping (the emulator keeps its members in that
 /// layout), for the migration jobs.
 pub fn legacy_mapping() -> PathBuf {

@@ -5,6 +5,7 @@
 mod exchange;
 mod follow;
 mod load;
+mod ramp;
 mod routing;
 
 use e2e::cutover::{Cutover, CutoverOptions};
