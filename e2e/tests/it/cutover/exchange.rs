@@ -127,35 +127,46 @@ async fn no_move_logs_anybody_out() {
         if phase == 1 {
             cutover.migrate_members().unwrap();
         }
-        // Every session held so far still reads `me`, refreshing if told to.
+        // Every session held so far still reads `me` (refreshing if told
+        // to), and refreshes, as it does whenever its access token expires:
+        // from phase 3 that exchanges a legacy session for idbase tokens, so
+        // none is left on legacy tokens when phase 5 retires them.
         for h in &mut held {
+            let what = format!(
+                "phase {phase}: {:?} session of member {} from phase {}",
+                h.class, h.id, h.obtained_in
+            );
             let me = api.me(h.class, Some(&h.session.access)).await;
             if me.status == StatusCode::UNAUTHORIZED {
                 let refreshed = api.refresh(h.class, &h.session.refresh).await;
                 assert_eq!(
                     refreshed.status,
                     StatusCode::OK,
-                    "phase {phase}: {:?} session of member {} from phase {} could not refresh: {refreshed:?}",
-                    h.class,
-                    h.id,
-                    h.obtained_in
+                    "{what} could not refresh: {refreshed:?}"
                 );
                 h.session = Session::from(&refreshed);
                 let me = api.me(h.class, Some(&h.session.access)).await;
-                assert_eq!(
-                    me.status,
-                    StatusCode::OK,
-                    "phase {phase}: after refreshing: {me:?}"
-                );
-                assert_eq!(me.body["id"], h.id);
+                assert_eq!(me.status, StatusCode::OK, "{what}, refreshed: {me:?}");
+                assert_eq!(me.body["id"], h.id, "{what}");
             } else {
                 assert_eq!(
                     (me.status, &me.body["id"]),
                     (StatusCode::OK, &json!(h.id)),
-                    "phase {phase}: {:?} session of member {} from phase {}: {me:?}",
-                    h.class,
-                    h.id,
-                    h.obtained_in
+                    "{what}: {me:?}"
+                );
+            }
+            let refreshed = api.refresh(h.class, &h.session.refresh).await;
+            assert_eq!(
+                refreshed.status,
+                StatusCode::OK,
+                "{what} could not refresh: {refreshed:?}"
+            );
+            h.session = Session::from(&refreshed);
+            if phase >= 3 {
+                assert!(
+                    h.session.is_idbase(),
+                    "{what}: refreshed to {:?}",
+                    h.session
                 );
             }
         }

@@ -235,20 +235,22 @@ async fn every_route_goes_to_the_side_its_phase_names() {
                 _ => refused(&[401], "invalid-token"),
             };
             wrong.check(&at("DELETE me", "legacy"), &expect, &delete);
-            if phase <= 4 {
-                // Legacy's own refresh until phase 3, then the exchange for
-                // idbase tokens. (Phase 5 has no legacy to redeem at.)
-                let refresh = api.refresh(class, &legacy.refresh.refresh).await;
-                let expect = on(if phase >= 3 { Idbase } else { Legacy }, &[200]);
-                wrong.check(&at("refresh", "legacy"), &expect, &refresh);
-                if refresh.status == 200 {
-                    let session = Session::from(&refresh);
-                    if session.is_idbase() != (phase >= 3) {
-                        wrong.0.push(format!(
-                            "{}: tokens of the wrong origin {session:?}",
-                            at("refresh", "legacy")
-                        ));
-                    }
+            // Legacy's own refresh until phase 3, then the exchange for
+            // idbase tokens; once legacy is retired, nothing.
+            let refresh = api.refresh(class, &legacy.refresh.refresh).await;
+            let expect = match phase {
+                0..=2 => on(Legacy, &[200]),
+                3 | 4 => on(Idbase, &[200]),
+                _ => refused(&[401], "invalid-token"),
+            };
+            wrong.check(&at("refresh", "legacy"), &expect, &refresh);
+            if refresh.status == 200 {
+                let session = Session::from(&refresh);
+                if session.is_idbase() != (phase >= 3) {
+                    wrong.0.push(format!(
+                        "{}: tokens of the wrong origin {session:?}",
+                        at("refresh", "legacy")
+                    ));
                 }
             }
             let revoke = api.revoke(class, &legacy.revoke.refresh).await;
