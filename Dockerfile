@@ -28,8 +28,27 @@ COPY . .
 RUN cargo build --release --locked --bin idbase \
     && install -D -m 0555 target/release/idbase /out/idbase
 
+# The legacy system's emulator (e2e/src/legacy), for the kind cluster only:
+# `docker build --target legacy -t idbase-legacy .`. Its own cook, so the
+# idbase image's layers stay as they are.
+FROM chef AS legacy-builder
+COPY --from=planner /src/recipe.json recipe.json
+RUN cargo chef cook --release --locked --recipe-path recipe.json --package e2e --bin legacy
+COPY . .
+RUN cargo build --release --locked --package e2e --bin legacy \
+    && install -D -m 0555 target/release/legacy /out/legacy
+
+FROM gcr.io/distroless/cc-debian13:nonroot AS legacy
+LABEL org.opencontainers.image.title="idbase-legacy" \
+      org.opencontainers.image.description="Emulator of the legacy member system (e2e and kind only)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=legacy-builder /out/legacy /usr/local/bin/legacy
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/legacy"]
+
 # glibc, libgcc, CA certificates and tzdata; no shell, no package manager.
-FROM gcr.io/distroless/cc-debian13:nonroot
+# The last stage: a plain `docker build` builds the idbase image.
+FROM gcr.io/distroless/cc-debian13:nonroot AS runtime
 LABEL org.opencontainers.image.title="idbase" \
       org.opencontainers.image.description="Identity platform: idsvc, gateway and migration jobs in one binary" \
       org.opencontainers.image.licenses="Apache-2.0"

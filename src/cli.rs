@@ -37,7 +37,13 @@ pub enum Command {
     /// The ID service (gRPC).
     Idsvc(idsvc::IdsvcArgs),
     /// The HTTP gateway.
-    Gateway(gateway::GatewayArgs),
+    Gateway(Box<gateway::GatewayArgs>),
+    /// The admin console's scriptable commands over idsvc's admin port
+    /// (`idbase admin phase …`).
+    ///
+    /// Exit codes: 0 ok, 1 other error, 2 usage, 3 refused (a check fails),
+    /// 4 conflict (the generation moved), 5 unauthorised, 6 unreachable.
+    Admin(admin_tui::AdminArgs),
     /// Key management.
     #[command(subcommand)]
     Keys(KeysCommand),

@@ -66,14 +66,15 @@ async fn main() -> anyhow::Result<()> {
         };
     }
     let default_format = match cli.command {
-        Command::Dev(_) | Command::Keys(_) => LogFormat::Pretty,
+        Command::Dev(_) | Command::Keys(_) | Command::Admin(_) => LogFormat::Pretty,
         _ => LogFormat::Json,
     };
     init_tracing(cli.log_format.unwrap_or(default_format));
     match cli.command {
         Command::Dev(args) => dev::run(args, shutdown_signal()).await,
         Command::Idsvc(args) => idsvc::run(args.into_config(), shutdown_signal()).await,
-        Command::Gateway(args) => gateway::run(args, shutdown_signal()).await,
+        Command::Gateway(args) => gateway::run(*args, shutdown_signal()).await,
+        Command::Admin(args) => std::process::exit(admin_tui::run(args).await.code()),
         Command::Migrate(command) => {
             let outcome = idsvc::migration::run(command, shutdown_signal()).await?;
             println!("{}", outcome.report);

@@ -15,7 +15,6 @@ pub use idbase_proto::v1 as pb;
 use idbase_proto::v1::phases_client::PhasesClient;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 pub use tonic;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -76,8 +75,13 @@ pub struct CutoverGateway {
 }
 
 /// A running cutover deployment.
+///
+/// Dropping it stops the gateways, the emulator and idsvc before their
+/// databases go (fields drop in order).
 pub struct Cutover {
     pub gateways: Vec<CutoverGateway>,
+    _legacy: LegacyEmulator,
+    idsvc: Option<Process>,
     /// The emulator's base URL.
     pub legacy_url: String,
     /// The gateways' client tokens (`legacy-web` internal, `web`, `ios` mobile).
@@ -94,10 +98,8 @@ pub struct Cutover {
     binary: PathBuf,
     keys: PathBuf,
     idsvc_command: Vec<String>,
-    idsvc: Option<Process>,
     idsvc_grpc: String,
     admin_addr: String,
-    _legacy: Process,
     dir: tempfile::TempDir,
 }
 
@@ -185,7 +187,8 @@ impl Cutover {
         let legacy_token_value = random_token();
         let legacy_token = write("legacy-token", &legacy_token_value)?;
 
-        let legacy_addr = free_addr()?;
+        let legacy_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let legacy_addr = legacy_listener.local_addr()?.to_string();
         let legacy_url = format!("http://{legacy_addr}");
         let idsvc_grpc = free_addr()?;
         let admin_addr = free_addr()?;
@@ -251,25 +254,24 @@ impl Cutover {
         // Legacy double-writes through the first gateway and verifies idbase
         // access tokens against its JWKS.
         let first = gateways.first().context("a cutover needs a gateway")?;
-        let legacy = Command::new(legacy_binary(&binary)?)
-            .args([
-                "--database-url",
-                legacy_database.url(),
-                "--http",
-                &legacy_addr,
-            ])
-            .args(["--double-write-to", &first.url, "--client-token-file"])
-            .arg(&internal_token)
-            .arg("--jwks-url")
-            .arg(format!("{}/.well-known/jwks.json", first.url))
-            .arg("--gateway-token-file")
-            .arg(&legacy_token)
-            .args(["--seed-members", &options.seed_members.to_string()])
-            .env("RUST_LOG", &log_level)
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting the legacy emulator")?;
-        let legacy = Process(legacy);
+        let legacy_args: Vec<String> = [
+            "--database-url",
+            legacy_database.url(),
+            "--double-write-to",
+            &first.url,
+            "--client-token-file",
+            &internal_token.display().to_string(),
+            "--jwks-url",
+            &format!("{}/.well-known/jwks.json", first.url),
+            "--gateway-token-file",
+            &legacy_token.display().to_string(),
+            "--seed-members",
+            &options.seed_members.to_string(),
+        ]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+        let legacy = LegacyEmulator::start(&legacy_args, legacy_listener)?;
         wait_listening(&legacy_addr).await?;
         for gateway in &gateways {
             wait_ready(&gateway.url).await?;
@@ -523,54 +525,56 @@ pub async fn wait_generation(
     Ok(started.elapsed())
 }
 
-/// The legacy emulator (`e2e`'s bin `legacy`), built once per process next to
-/// `idbase` (the binary under test), in its target dir and profile:
-/// `IDBASE_E2E_LEGACY_BINARY` names a prebuilt one instead.
-///
-/// The black-box tests are the root package's, and cargo hands a test only
-/// its own package's binaries; cargo releases the target dir while tests
-/// run, so building the one missing binary there reuses every artifact the
-/// test build left (nothing when `cargo build --workspace` ran before).
-pub fn legacy_binary(idbase: &Path) -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("IDBASE_E2E_LEGACY_BINARY") {
-        return Ok(PathBuf::from(path));
-    }
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let profile_dir = idbase
-                .parent()
-                .ok_or_else(|| format!("{} has no directory", idbase.display()))?;
-            let target = profile_dir
-                .parent()
-                .ok_or_else(|| format!("{} is not in a target dir", idbase.display()))?;
-            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut build = Command::new(cargo);
-            build
-                .current_dir(&workspace)
-                .args([
-                    "build",
-                    "--quiet",
-                    "-p",
-                    "e2e",
-                    "--bin",
-                    "legacy",
-                    "--target-dir",
-                ])
-                .arg(target);
-            if profile_dir
-                .file_name()
-                .is_some_and(|name| name == "release")
-            {
-                build.arg("--release");
-            }
-            let status = build.status().map_err(|e| e.to_string())?;
-            if !status.success() {
-                return Err(format!("cargo build -p e2e --bin legacy failed: {status}"));
-            }
-            Ok(profile_dir.join("legacy"))
+/// The legacy emulator ([`crate::legacy`]) served from this process, on a
+/// runtime and thread of its own (so the test's runtime does not serve it),
+/// until dropped. In-process rather than its `legacy` binary: the black-box
+/// tests are the root package's, and cargo builds only that package's
+/// binaries for them; the emulator's code is linked into the tests already.
+pub struct LegacyEmulator {
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl LegacyEmulator {
+    /// Starts the emulator with its command-line `args` on `listener`.
+    pub fn start(args: &[String], listener: std::net::TcpListener) -> anyhow::Result<Self> {
+        use clap::Parser;
+        let config = crate::legacy::LegacyArgs::try_parse_from(
+            std::iter::once("legacy").chain(args.iter().map(String::as_str)),
+        )?
+        .config()?;
+        listener.set_nonblocking(true)?;
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("legacy-emulator")
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name("legacy-emulator".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    crate::legacy::serve(listener, config, async move {
+                        let _ = stop.await;
+                    })
+                    .await
+                })
+            })?;
+        Ok(Self {
+            shutdown: Some(shutdown),
+            thread: Some(thread),
         })
-        .clone()
-        .map_err(anyhow::Error::msg)
+    }
+}
+
+impl Drop for LegacyEmulator {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! Black-box harness: runs the built `idbase` binary as separate idsvc and
 //! gateway processes on loopback against MariaDB, as production does.
 
+pub mod legacy;
+
 use anyhow::{Context, bail};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -160,6 +160,17 @@ impl AccessVerifier {
         Ok((principal, kid, data.claims.exp))
     }
 
+    /// Whether `kid` names one of idsvc's signing keys: how the phase router
+    /// tells an idbase access token from legacy's without verifying it. An
+    /// unknown kid triggers the same rate-limited refetch as verification.
+    pub async fn knows_kid(&self, kid: &str) -> bool {
+        self.refresh_if_stale().await;
+        if self.keys.read().await.keys.contains_key(kid) {
+            return true;
+        }
+        matches!(self.refetch_for(kid).await, Ok(Some(_)))
+    }
+
     /// Re-reads the JWKS once the keys are older than the refresh interval.
     /// A failed read keeps the previous keys and is retried after
     /// `REFETCH_INTERVAL` (or the refresh interval, if shorter).

@@ -10,8 +10,10 @@ pub mod clock;
 pub mod connections;
 pub mod edge;
 pub mod iptable;
+pub mod legacy;
 pub mod metrics_listener;
 pub mod openapi;
+pub mod phase;
 pub mod problem;
 pub mod routes;
 pub mod telemetry;
@@ -22,6 +24,8 @@ pub mod waf;
 use crate::access::AccessVerifier;
 use crate::clients::Clients;
 use crate::connections::{ConnectionLimits, Connections};
+use crate::phase::follow::{Follower, Reported};
+use crate::phase::gate::Cutover;
 use crate::problem::Problem;
 use crate::routes::{AppState, internal, meta, sessions, users};
 use crate::upstream::{Upstream, UpstreamArgs, UpstreamConfig};
@@ -67,6 +71,10 @@ pub struct GatewayArgs {
     pub connections: connections::ConnectionArgs,
     #[command(flatten)]
     pub tls: tls::TlsArgs,
+    #[command(flatten)]
+    pub legacy: legacy::LegacyArgs,
+    #[command(flatten)]
+    pub follow: phase::follow::FollowArgs,
 }
 
 /// What a gateway needs to serve, however it was configured.
@@ -78,16 +86,56 @@ pub struct GatewayConfig {
     pub edge: edge::Edge,
 }
 
-/// The whole HTTP API.
+/// The migration cutover: legacy and the phase this gateway follows. Off
+/// (the default) means every request goes to idsvc.
+#[derive(Default)]
+pub struct CutoverConfig {
+    pub legacy: Option<legacy::LegacyConfig>,
+    pub follow: Option<phase::follow::FollowConfig>,
+}
+
+/// The whole HTTP API, without a cutover.
 pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
+    router_with(config, CutoverConfig::default())
+}
+
+/// The whole HTTP API. Following the phase starts here (it needs a Tokio
+/// runtime) and stops when the router is dropped.
+pub fn router_with(config: GatewayConfig, cutover_config: CutoverConfig) -> anyhow::Result<Router> {
     let upstream = Upstream::new(config.upstream).context("idsvc URL")?;
+    let mut cutover = Cutover {
+        legacy: cutover_config
+            .legacy
+            .map(legacy::Legacy::new)
+            .transpose()
+            .context("legacy URL")?,
+        ..Cutover::default()
+    };
+    if let Some(follow) = cutover_config.follow {
+        let follower = Follower::new(follow.stale_after);
+        let reported = Reported {
+            writes: Arc::clone(&cutover.writes),
+            upstream: upstream.clone(),
+            legacy: cutover.legacy.clone(),
+        };
+        let stop = cutover.stop_on_drop();
+        phase::follow::spawn(Arc::clone(&follower), follow, reported, stop)
+            .context("--idsvc-admin")?;
+        cutover.follower = Some(follower);
+    }
     let state = AppState {
         verifier: Arc::new(AccessVerifier::new(upstream.clone())),
         upstream,
         clients: config.clients,
+        cutover,
+        max_body_bytes: config.max_body_bytes,
     };
     let edge = config.edge;
-    let mut login = post(sessions::login);
+    // The phase gate sits innermost on every member route: the edge's
+    // login-anomaly watch and registration limit see requests served by
+    // either side, and the gate sees the client `require_client` found.
+    let gate = from_fn_with_state(state.clone(), phase::gate::route);
+    let mut login = post(sessions::login).layer(gate.clone());
     if let Some(anomaly) = &edge.anomaly {
         anomaly.set_sink(security_event_sink(state.upstream.clone()));
         login = login.layer(from_fn_with_state(anomaly.clone(), anomaly::watch));
@@ -95,10 +143,12 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
     let internal = Router::new()
         .route(
             "/internal/v1/users/{id}",
-            put(internal::upsert).delete(internal::delete),
+            put(internal::upsert)
+                .delete(internal::delete)
+                .layer(gate.clone()),
         )
         .route_layer(from_fn(clients::require_internal));
-    let mut register = post(users::register);
+    let mut register = post(users::register).layer(gate.clone());
     if let Some(rule) = &edge.registrations {
         register = register.layer(from_fn_with_state(rule.clone(), waf::registration::limit));
     }
@@ -108,11 +158,15 @@ pub fn router(config: GatewayConfig) -> anyhow::Result<Router> {
             "/v1/users/me",
             get(users::me)
                 .patch(users::update_me)
-                .delete(users::withdraw),
+                .delete(users::withdraw)
+                .layer(gate.clone()),
         )
         .route("/v1/sessions", login)
-        .route("/v1/tokens/refresh", post(sessions::refresh))
-        .route("/v1/tokens/revoke", post(sessions::revoke))
+        .route(
+            "/v1/tokens/refresh",
+            post(sessions::refresh).layer(gate.clone()),
+        )
+        .route("/v1/tokens/revoke", post(sessions::revoke).layer(gate))
         .merge(internal)
         .route_layer(from_fn_with_state(
             state.clients.clone(),
@@ -198,11 +252,21 @@ pub async fn serve_listeners(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_listeners_with(config, CutoverConfig::default(), listeners, shutdown).await
+}
+
+/// [`serve_listeners`] with a cutover.
+pub async fn serve_listeners_with(
+    config: GatewayConfig,
+    cutover: CutoverConfig,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     telemetry::prometheus();
     if let Some(waf) = &config.edge.waf {
         waf.clone().watch(shutdown.clone());
     }
-    let app = router(config)?;
+    let app = router_with(config, cutover)?;
     // Both public listeners share one connection table: they share the
     // process's descriptors.
     let connections = Connections::new(listeners.limits);
@@ -271,6 +335,15 @@ pub async fn run(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         TrustedProxies::new(args.edge.trusted_proxies.clone()),
     )
     .fit_descriptors(nofile);
+    let legacy = args.legacy.config()?.map(|legacy| legacy::LegacyConfig {
+        trusted_proxies: TrustedProxies::new(args.edge.trusted_proxies.clone()),
+        max_body_bytes: args.max_body_bytes,
+        ..legacy
+    });
+    let cutover = CutoverConfig {
+        legacy,
+        follow: args.follow.config(args.upstream.tls.files())?,
+    };
     let config = GatewayConfig {
         upstream: args.upstream.into(),
         clients,
@@ -283,5 +356,5 @@ pub async fn run(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
         metrics,
         limits,
     };
-    serve_listeners(config, listeners, shutdown).await
+    serve_listeners_with(config, cutover, listeners, shutdown).await
 }

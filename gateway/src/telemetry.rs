@@ -91,6 +91,18 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
         .extensions()
         .get::<crate::waf::source_ip::SourceIp>()
         .map(|s| s.0);
+    let routed = response
+        .extensions()
+        .get::<crate::phase::gate::Routed>()
+        .copied();
+    let side = routed.map_or("gateway", |r| r.side);
+    let phase = routed.and_then(|r| r.phase);
+    metrics::counter!(
+        "idbase_gateway_requests_total",
+        "side" => side,
+        "outcome" => outcome(status)
+    )
+    .increment(1);
     let waf = response
         .extensions()
         .get::<crate::edge::WafLabel>()
@@ -101,10 +113,24 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
             latency_ms = latency.as_secs_f64() * 1000.0,
             source_ip = source_ip.map(tracing::field::display),
             waf,
+            side,
+            phase,
             upstream = served.endpoint.as_deref(),
             upstream_retries = served.retries,
             "request"
         )
     });
     response
+}
+
+/// The outcome label of `idbase_gateway_requests_total`.
+fn outcome(status: u16) -> &'static str {
+    match status {
+        401 => "401",
+        404 => "404",
+        429 => "429",
+        500.. => "5xx",
+        400..=499 => "other4xx",
+        _ => "ok",
+    }
 }

@@ -6,14 +6,20 @@
 use crate::crypto::PasswordParams;
 use crate::crypto::legacy_hash::LegacyHashLimits;
 use crate::crypto::password::DEFAULT_ARGON2_QUEUE;
+use crate::domain::phase::{
+    DEFAULT_GATEWAY_REPORT_TTL_MS, DEFAULT_NATIVE_ID_MARGIN, DEFAULT_NATIVE_ID_START,
+    DEFAULT_PHASE_KEEPALIVE_MS, DEFAULT_PHASE_POLL_MS, LegacyProbe, PhaseSettings,
+};
 use crate::domain::{
     DEFAULT_ACCESS_TTL_SECS, DEFAULT_CREDENTIAL_FAILURE_FLOOR_MS, DEFAULT_EMAIL_FAILURE_FACTOR,
     DEFAULT_LOGIN_FAILURE_LIMIT, DEFAULT_MIN_PASSWORD_CHARS, DEFAULT_REFRESH_GRACE_SECS,
     DEFAULT_REFRESH_TTL_DAYS, DEFAULT_SESSION_IDLE_DAYS, DEFAULT_SESSION_MAX_DAYS, Policy,
     ThrottlePolicy, days,
 };
+use crate::grpc::credentials::AdminCredentials;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Identity gRPC address: loopback, because the gateway is the only public
@@ -55,6 +61,8 @@ pub struct IdsvcConfig {
     /// mTLS files and caller identity, or loopback plain text.
     pub transport: crate::grpc::TransportArgs,
     pub service: ServiceConfig,
+    /// The Phases service's flags; files are read by [`AdminConfig::from_args`].
+    pub phases: PhaseArgs,
 }
 
 // The database URL may carry a password: never printed.
@@ -67,6 +75,7 @@ impl std::fmt::Debug for IdsvcConfig {
             .field("metrics", &self.metrics)
             .field("transport", &self.transport)
             .field("service", &self.service)
+            .field("phases", &self.phases)
             .finish_non_exhaustive()
     }
 }
@@ -143,9 +152,96 @@ impl From<&PolicyArgs> for ServiceConfig {
                 },
                 legacy_hash_limits: args.legacy_hash_limits,
                 credential_failure_floor: Duration::from_millis(args.credential_failure_floor_ms),
+                native_id_start: crate::domain::phase::DEFAULT_NATIVE_ID_START,
             },
             argon2: args.argon2,
             argon2_queue: args.argon2_queue,
+        }
+    }
+}
+
+/// The admin port's Phases service: who may call it, how it follows and
+/// guards the phase, and how it reaches legacy for a move's checks.
+#[derive(Clone, Default)]
+pub struct AdminConfig {
+    /// Admin tokens; with none, every Phases call but a gateway
+    /// certificate's watch and report is refused.
+    pub credentials: AdminCredentials,
+    pub phase: PhaseSettings,
+    /// For `legacy-reachable` and `id-range-margin`; those checks fail
+    /// ("legacy not configured") without it.
+    pub legacy: Option<Arc<dyn LegacyProbe>>,
+}
+
+impl AdminConfig {
+    /// Reads the files the flags name; every problem is reported at once.
+    pub fn from_args(args: &PhaseArgs) -> anyhow::Result<Self> {
+        let credentials = args
+            .admin_credentials
+            .as_deref()
+            .map(AdminCredentials::load)
+            .transpose();
+        let legacy = args
+            .legacy_url
+            .as_deref()
+            .map(|url| crate::legacy::HttpLegacy::new(url, args.legacy_token_file.as_deref()))
+            .transpose();
+        match (credentials, legacy) {
+            (Ok(credentials), Ok(legacy)) => Ok(Self {
+                credentials: credentials.unwrap_or_default(),
+                phase: args.settings(),
+                legacy: legacy.map(|legacy| Arc::new(legacy) as Arc<dyn LegacyProbe>),
+            }),
+            (credentials, legacy) => {
+                let problems: Vec<String> = [credentials.err(), legacy.err()]
+                    .into_iter()
+                    .flatten()
+                    .map(|err| format!("{err:#}"))
+                    .collect();
+                anyhow::bail!("{}", problems.join("; "))
+            }
+        }
+    }
+}
+
+/// The Phases service's flags (`idbase idsvc`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct PhaseArgs {
+    /// TOML file of admin tokens (`[[admin]]` name, role viewer|operator|gateway,
+    /// token_sha256, optional expires) for the admin port's Phases service.
+    #[arg(long, env = "IDBASE_ADMIN_CREDENTIALS")]
+    pub admin_credentials: Option<PathBuf>,
+    /// Milliseconds between repeats of the phase on a quiet WatchPhase stream.
+    #[arg(long, env = "IDBASE_PHASE_KEEPALIVE_MS", default_value_t = DEFAULT_PHASE_KEEPALIVE_MS)]
+    pub phase_keepalive_ms: u64,
+    /// Milliseconds between reads of the phase row (changes made by other replicas).
+    #[arg(long, env = "IDBASE_PHASE_POLL_MS", default_value_t = DEFAULT_PHASE_POLL_MS)]
+    pub phase_poll_ms: u64,
+    /// A gateway whose last ReportPhase is older than this many milliseconds is not live.
+    #[arg(long, env = "IDBASE_GATEWAY_REPORT_TTL_MS", default_value_t = DEFAULT_GATEWAY_REPORT_TTL_MS)]
+    pub gateway_report_ttl_ms: u64,
+    /// First id of members registered at idbase from phase 4 (legacy's ids stay below).
+    #[arg(long, env = "IDBASE_NATIVE_ID_START", default_value_t = DEFAULT_NATIVE_ID_START)]
+    pub native_id_start: i64,
+    /// 3→4 is refused unless legacy's highest id + this margin is below --native-id-start.
+    #[arg(long, env = "IDBASE_NATIVE_ID_MARGIN", default_value_t = DEFAULT_NATIVE_ID_MARGIN)]
+    pub native_id_margin: i64,
+    /// Legacy API base URL, only for the checks of a phase move (legacy-reachable, id-range-margin).
+    #[arg(long, env = "IDBASE_LEGACY_URL")]
+    pub legacy_url: Option<String>,
+    /// File holding the credential sent to legacy as `Idbase-Gateway-Token`.
+    #[arg(long, env = "IDBASE_LEGACY_TOKEN_FILE")]
+    pub legacy_token_file: Option<PathBuf>,
+}
+
+impl PhaseArgs {
+    pub fn settings(&self) -> PhaseSettings {
+        PhaseSettings {
+            keepalive: Duration::from_millis(self.phase_keepalive_ms.max(1)),
+            poll: Duration::from_millis(self.phase_poll_ms.max(1)),
+            report_ttl: Duration::from_millis(self.gateway_report_ttl_ms),
+            native_id_start: self.native_id_start,
+            native_id_margin: self.native_id_margin,
         }
     }
 }
@@ -172,13 +268,18 @@ pub struct IdsvcArgs {
     pub transport: crate::grpc::TransportArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub phases: PhaseArgs,
 }
 
 impl IdsvcArgs {
     /// The flags as the library's config: the one place they convert.
     pub fn into_config(self) -> IdsvcConfig {
+        let mut service = self.policy.into_config();
+        service.policy.native_id_start = self.phases.native_id_start;
         IdsvcConfig {
-            service: self.policy.into_config(),
+            service,
+            phases: self.phases,
             database_url: self.database_url,
             keys_dir: self.keys_dir,
             grpc: self.grpc,

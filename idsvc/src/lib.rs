@@ -5,12 +5,14 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod grpc;
+pub mod legacy;
 pub mod migration;
 pub mod store;
 
-pub use config::{IdsvcArgs, IdsvcConfig, PolicyArgs, ServiceConfig};
+pub use config::{AdminConfig, IdsvcArgs, IdsvcConfig, PhaseArgs, PolicyArgs, ServiceConfig};
 
 use crate::crypto::{HashingPool, KeyRing, KeyUse};
+use crate::domain::phase::PhaseService;
 use crate::domain::{IdentityService, Store, SystemClock};
 use crate::store::SqlStore;
 use anyhow::Context;
@@ -50,25 +52,39 @@ pub fn service_over(
 }
 
 /// Serves idsvc on the given listeners until `shutdown` is cancelled;
-/// `probes`, if given, serves plain-text health for kubelet probes.
+/// `probes`, if given, serves plain-text health for kubelet probes; the
+/// admin port serves the Phases service as `admin_config` says.
 pub async fn serve(
     service: Arc<IdentityService>,
     grpc: TcpListener,
     admin: TcpListener,
     transport: grpc::Transport,
     probes: Option<TcpListener>,
+    admin_config: AdminConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let tls = matches!(transport, grpc::Transport::Mtls { .. });
     info!(grpc = %grpc.local_addr()?, admin = %admin.local_addr()?, tls, "idsvc listening");
+    let phases = PhaseService::start(
+        Arc::clone(service.store()),
+        Arc::new(SystemClock),
+        admin_config.phase,
+        admin_config.legacy,
+    )
+    .await
+    .context("loading the migration phase")?;
     transport.watch(shutdown.clone());
     let housekeeping = tokio::spawn(purge_periodically(Arc::clone(&service), shutdown.clone()));
+    let following = tokio::spawn(Arc::clone(&phases).run(shutdown.clone()));
+    let phases_grpc =
+        grpc::PhasesGrpc::new(phases, Arc::new(admin_config.credentials), shutdown.clone());
     let (identity, admin) = tokio::join!(
         grpc::serve_identity(service, grpc, transport.clone(), probes, shutdown.clone()),
-        grpc::serve_admin(admin, transport, shutdown.clone()),
+        grpc::serve_admin(admin, phases_grpc, transport, shutdown.clone()),
     );
     shutdown.cancel();
     housekeeping.await.ok();
+    following.await.ok();
     identity.and(admin)
 }
 
@@ -83,6 +99,7 @@ pub async fn run(config: IdsvcConfig, shutdown: CancellationToken) -> anyhow::Re
     // TLS files are checked before the database is touched: a bad mount fails fast.
     let transport =
         grpc::Transport::from_args(&config.transport, &[config.grpc, config.admin_grpc])?;
+    let admin_config = AdminConfig::from_args(&config.phases)?;
     let service = build_service(&config.database_url, &config.keys_dir, config.service).await?;
     let probes = match config.transport.health_grpc {
         Some(addr) => Some(grpc::transport::bind(addr).await?),
@@ -94,7 +111,16 @@ pub async fn run(config: IdsvcConfig, shutdown: CancellationToken) -> anyhow::Re
     let admin = TcpListener::bind(config.admin_grpc)
         .await
         .with_context(|| format!("binding {}", config.admin_grpc))?;
-    serve(service, grpc, admin, transport, probes, shutdown).await
+    serve(
+        service,
+        grpc,
+        admin,
+        transport,
+        probes,
+        admin_config,
+        shutdown,
+    )
+    .await
 }
 
 async fn purge_periodically(service: Arc<IdentityService>, shutdown: CancellationToken) {

@@ -4,15 +4,18 @@
 //! The `api` tests also run against a deployed gateway (a kind cluster) when
 //! `IDBASE_E2E_GATEWAY_URL` names one (see `e2e::Target`); `edge` and
 //! `failover` start their own processes, since they kill them or need
-//! particular gateway flags.
+//! particular gateway flags; `admin_cli` runs `idbase admin phase` against
+//! an `idbase dev` of its own.
 
 // Test helpers outside #[test] functions may unwrap too: a failure is the test's.
 #![allow(clippy::unwrap_used)]
 
+mod admin_cli;
 mod api;
 mod cutover;
 mod edge;
 mod failover;
+mod legacy;
 
 /// The `idbase` that cargo built for this test run, with functional-test
 /// argon2 costs.

@@ -30,6 +30,7 @@ pub struct Query<T>(pub T);
         (status = 400, body = Problem, content_type = "application/problem+json", description = "Malformed or invalid"),
         (status = 401, body = Problem, content_type = "application/problem+json", description = "Unknown client"),
         (status = 403, body = Problem, content_type = "application/problem+json", description = "Not an internal client"),
+        (status = 410, body = Problem, content_type = "application/problem+json", description = "The migration is complete: double writes have ended"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "Email held by another id"),
         (status = 413, body = Problem, content_type = "application/problem+json", description = "Body too large"),
         (status = 415, body = Problem, content_type = "application/problem+json", description = "Not JSON"),
@@ -71,6 +72,7 @@ pub async fn upsert(
         (status = 400, body = Problem, content_type = "application/problem+json", description = "Malformed"),
         (status = 401, body = Problem, content_type = "application/problem+json", description = "Unknown client"),
         (status = 403, body = Problem, content_type = "application/problem+json", description = "Not an internal client"),
+        (status = 410, body = Problem, content_type = "application/problem+json", description = "The migration is complete: double writes have ended"),
         (status = 503, body = Problem, content_type = "application/problem+json", description = "ID service unavailable"),
     ))]
 pub async fn delete(

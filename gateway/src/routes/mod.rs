@@ -7,6 +7,7 @@ pub mod users;
 
 use crate::access::AccessVerifier;
 use crate::clients::Clients;
+use crate::phase::gate::Cutover;
 use crate::upstream::Upstream;
 use axum::extract::FromRef;
 use std::sync::Arc;
@@ -16,4 +17,8 @@ pub struct AppState {
     pub upstream: Upstream,
     pub verifier: Arc<AccessVerifier>,
     pub clients: Clients,
+    /// Legacy and the phase, during a cutover.
+    pub cutover: Cutover,
+    /// The body limit, for the bodies routing reads.
+    pub max_body_bytes: usize,
 }

@@ -64,7 +64,7 @@ pub async fn login(
     responses(
         (status = 200, body = TokenBody),
         (status = 400, body = Problem, content_type = "application/problem+json", description = "Malformed"),
-        (status = 401, body = Problem, content_type = "application/problem+json", description = "Unknown client, or invalid, expired or reused token"),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "Unknown client, or invalid, expired or reused token (a legacy refresh token is exchanged for an idbase session during the migration, once)"),
         (status = 413, body = Problem, content_type = "application/problem+json", description = "Body too large"),
         (status = 415, body = Problem, content_type = "application/problem+json", description = "Not JSON"),
         (status = 503, body = Problem, content_type = "application/problem+json", description = "ID service unavailable"),

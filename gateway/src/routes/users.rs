@@ -30,7 +30,7 @@ use idbase_proto::v1 as pb;
         (status = 415, body = Problem, content_type = "application/problem+json", description = "Not JSON"),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "Idempotency-Key already used with a different request"),
         (status = 429, body = Problem, content_type = "application/problem+json", description = "Too many registrations from this address; see Retry-After"),
-        (status = 503, body = Problem, content_type = "application/problem+json", description = "Overloaded; see Retry-After"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "Overloaded, or writes paused while a migration phase move is fenced (`writes-paused`); see Retry-After"),
     ))]
 pub async fn register(
     State(state): State<AppState>,
@@ -106,13 +106,13 @@ pub async fn me(
     responses(
         (status = 200, body = UserBody),
         (status = 400, body = Problem, content_type = "application/problem+json", description = "Malformed or invalid"),
-        (status = 401, body = Problem, content_type = "application/problem+json", description = "Unknown client or invalid token"),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "Unknown client or invalid token; `token-upgrade-required` for a legacy access token once idbase takes writes (refresh, then retry)"),
         (status = 403, body = Problem, content_type = "application/problem+json", description = "Wrong current password"),
         (status = 409, body = Problem, content_type = "application/problem+json", description = "Email in use"),
         (status = 413, body = Problem, content_type = "application/problem+json", description = "Body too large"),
         (status = 415, body = Problem, content_type = "application/problem+json", description = "Not JSON"),
         (status = 429, body = Problem, content_type = "application/problem+json", description = "Too many wrong passwords; see Retry-After"),
-        (status = 503, body = Problem, content_type = "application/problem+json", description = "Overloaded; see Retry-After"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "Overloaded, or writes paused while a migration phase move is fenced (`writes-paused`); see Retry-After"),
     ))]
 pub async fn update_me(
     State(state): State<AppState>,
@@ -142,12 +142,12 @@ pub async fn update_me(
     responses(
         (status = 204, description = "Withdrawn"),
         (status = 400, body = Problem, content_type = "application/problem+json", description = "Malformed"),
-        (status = 401, body = Problem, content_type = "application/problem+json", description = "Unknown client or invalid token"),
+        (status = 401, body = Problem, content_type = "application/problem+json", description = "Unknown client or invalid token; `token-upgrade-required` for a legacy access token once idbase takes writes (refresh, then retry)"),
         (status = 403, body = Problem, content_type = "application/problem+json", description = "Wrong current password"),
         (status = 413, body = Problem, content_type = "application/problem+json", description = "Body too large"),
         (status = 415, body = Problem, content_type = "application/problem+json", description = "Not JSON"),
         (status = 429, body = Problem, content_type = "application/problem+json", description = "Too many wrong passwords; see Retry-After"),
-        (status = 503, body = Problem, content_type = "application/problem+json", description = "Overloaded; see Retry-After"),
+        (status = 503, body = Problem, content_type = "application/problem+json", description = "Overloaded, or writes paused while a migration phase move is fenced (`writes-paused`); see Retry-After"),
     ))]
 pub async fn withdraw(
     State(state): State<AppState>,

@@ -365,6 +365,16 @@ impl Upstream {
         Ok(jwks)
     }
 
+    /// Each endpoint's URL and whether it is in rotation (not ejected), for
+    /// the phase report.
+    pub fn endpoint_health(&self) -> Vec<(Arc<str>, bool)> {
+        self.pool
+            .endpoints
+            .iter()
+            .map(|e| (Arc::clone(&e.url), !e.is_ejected()))
+            .collect()
+    }
+
     /// True when some endpoint that is not ejected answers its health check
     /// as serving.
     pub async fn ready(&self) -> bool {

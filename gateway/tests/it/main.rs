@@ -4,5 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod connections;
+mod legacy;
+mod phase;
 mod tls;
 mod waf;

@@ -31,6 +31,16 @@ pub enum Error {
     /// The password hashing pool is full (503).
     #[error("overloaded, retry in {retry_after_secs} s")]
     Overloaded { retry_after_secs: u64 },
+    /// The phase moved since the caller read its generation (409, ABORTED).
+    #[error("{0}")]
+    PhaseConflict(String),
+    /// A phase move that is not allowed, or whose checks fail (409,
+    /// FAILED_PRECONDITION); the message names the failing checks.
+    #[error("{0}")]
+    PhaseRefused(String),
+    /// The route is retired: double writes once migration is complete (410).
+    #[error("{0}")]
+    Gone(&'static str),
     /// Anything else: storage or crypto failure. Logged, never shown (500).
     #[error("internal error")]
     Internal(#[source] anyhow::Error),

@@ -6,6 +6,7 @@ mod email;
 mod error;
 mod identity;
 mod password;
+pub mod phase;
 mod phone;
 mod store;
 mod throttle;

@@ -1,6 +1,7 @@
 //! The storage the domain needs. Backends live in `crate::store` and implement
 //! this trait; the domain never sees SQL.
 
+use super::phase::{GatewayReport, PhaseChange, PhaseState, PhaseSwap};
 use async_trait::async_trait;
 
 pub type UserId = i64;
@@ -51,6 +52,9 @@ pub struct NewUser<'a> {
     pub now: Millis,
     /// Recorded with the user, so a retried registration finds its result.
     pub key: Option<RegistrationKey<'a>>,
+    /// Native ids (from phase 4): the id is the next one at or above this,
+    /// above every id stored or deleted there; `None`: the next automatic id.
+    pub id_floor: Option<UserId>,
 }
 
 /// A registration's `Idempotency-Key`, as keyed hashes: of the client and
@@ -132,6 +136,36 @@ pub enum RotateOutcome {
     Invalid,
 }
 
+/// A legacy refresh token exchanged for an idbase session.
+pub struct LegacyExchange<'a> {
+    /// SHA-256 of the legacy refresh token.
+    pub legacy_token: &'a [u8],
+    pub user_id: UserId,
+    /// The new session's id, used when the token was not exchanged before.
+    pub session_id: &'a str,
+    /// Hash of the refresh token to issue, which names its session.
+    pub successor: &'a (dyn Fn(UserId, &str) -> [u8; 32] + Send + Sync),
+    /// When the issued refresh token expires; capped at the session's
+    /// start + `max_age_ms` on a retry.
+    pub expires_at: Millis,
+    pub now: Millis,
+    /// A retry within this long of the first exchange rotates its session.
+    pub grace_ms: i64,
+    pub max_age_ms: i64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ExchangeOutcome {
+    /// A new session was opened.
+    Opened { session_id: String },
+    /// The token was exchanged a moment ago: its session's current refresh
+    /// token is replaced by a new one.
+    Rotated { session_id: String },
+    /// Exchanged before, outside the grace window, for another member, or
+    /// the session it opened has ended.
+    Invalid,
+}
+
 /// Failed-login counter for one (normalised, keyed-hashed) email.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ThrottleState {
@@ -158,10 +192,22 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the user (if stored with a version ≤ `version`), leaves or raises
     /// the tombstone, and revokes all their sessions. True if a user was deleted.
     async fn delete_user(&self, id: UserId, version: i64, now: Millis) -> StoreResult<bool>;
+    /// A login's re-hash of the password: writes `row` if the stored
+    /// version is still `expected_version`, and keeps `replaced` (the hash it
+    /// replaces) as the last legacy hash unless a double write recorded one:
+    /// a later double write of that same legacy hash is no password change.
+    async fn rehash_user(
+        &self,
+        row: &UserRow,
+        expected_version: i64,
+        replaced: &str,
+    ) -> StoreResult<bool>;
     async fn tombstone(&self, id: UserId) -> StoreResult<Option<Tombstone>>;
     /// Double write: newest version wins, tombstones win over older upserts.
-    /// An update that changes the email index or the password hash revokes
-    /// all the member's sessions in the same transaction. Returns the outcome and the version now stored for the id.
+    /// An update that changes the email index or brings another legacy
+    /// password hash than the last double write (or, for a member no double
+    /// write reached yet, than the stored hash) revokes all the member's
+    /// sessions in the same transaction. Returns the outcome and the version now stored for the id.
     async fn upsert_legacy(&self, row: &UserRow) -> StoreResult<(UpsertOutcome, i64)>;
 
     async fn create_session(&self, token: NewRefreshToken<'_>, now: Millis) -> StoreResult<()>;
@@ -202,6 +248,30 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> StoreResult<()>;
     async fn security_events(&self, limit: i64) -> StoreResult<Vec<SecurityEvent>>;
+
+    /// Opens a session for a legacy refresh token, or rotates the one it
+    /// opened within the grace window (see [`ExchangeOutcome`]). Concurrent
+    /// exchanges of one token open one session.
+    async fn exchange_legacy_session(
+        &self,
+        exchange: LegacyExchange<'_>,
+    ) -> StoreResult<ExchangeOutcome>;
+
+    /// The phase; `None` before it was first created.
+    async fn phase_state(&self) -> StoreResult<Option<PhaseState>>;
+    /// Stores `initial` unless a phase is stored already; returns the stored one.
+    async fn create_phase_state(&self, initial: &PhaseState) -> StoreResult<PhaseState>;
+    /// Compare-and-set on the generation, with its history row, in one
+    /// transaction; false (and nothing written) when the generation moved.
+    async fn swap_phase(&self, swap: PhaseSwap<'_>) -> StoreResult<bool>;
+    /// The newest `limit` changes, newest first.
+    async fn phase_history(&self, limit: u32) -> StoreResult<Vec<PhaseChange>>;
+    /// Keeps a gateway's latest heartbeat (replacing its previous one).
+    async fn record_gateway_report(&self, report: &GatewayReport) -> StoreResult<()>;
+    /// The heartbeats received at or after `since`.
+    async fn gateway_reports(&self, since: Millis) -> StoreResult<Vec<GatewayReport>>;
+    /// Deletes heartbeats older than `before`.
+    async fn purge_gateway_reports(&self, before: Millis) -> StoreResult<u64>;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

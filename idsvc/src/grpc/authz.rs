@@ -56,6 +56,9 @@ pub const TABLE: &[(&str, &[Role])] = &[
     // Public keys: also what an SRE fetches to check a token by hand.
     ("/idbase.v1.Identity/GetJwks", &[Gateway, Admin]),
     ("/idbase.v1.Identity/", &[Gateway]),
+    // The admin service checks admin tokens itself (roles viewer, operator,
+    // gateway); a gateway's certificate may only watch and report.
+    ("/idbase.v1.Phases/", &[Gateway, Admin]),
 ];
 
 /// The roles allowed to call `path`.
@@ -253,6 +256,7 @@ mod tests {
         assert_eq!(allowed("/idbase.v1.Identity/GetJwks"), &[Gateway, Admin]);
         assert_eq!(allowed("/idbase.v1.Identity/GetJwksX"), &[Gateway]);
         assert!(allowed("/idbase.v1.Admin/SetPhase").is_empty());
+        assert_eq!(allowed("/idbase.v1.Phases/SetPhase"), &[Gateway, Admin]);
         assert!(allowed("/grpc.health.v1.Health").is_empty());
         assert!(allowed("").is_empty());
     }

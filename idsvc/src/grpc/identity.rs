@@ -177,10 +177,16 @@ impl Identity for IdentityGrpc {
 
     async fn exchange_legacy_session(
         &self,
-        _request: Request<pb::ExchangeLegacySessionRequest>,
+        request: Request<pb::ExchangeLegacySessionRequest>,
     ) -> Result<Response<pb::TokenPair>, Status> {
-        // Placeholder while the phase cutover is being built (issue 13).
-        Err(Status::unimplemented("the token exchange is not built yet"))
+        let span = span(&request, "exchange_legacy_session");
+        let r = request.into_inner();
+        let pair = self
+            .service
+            .exchange_legacy_session(r.user_id, &r.legacy_token_sha256, &r.client_id)
+            .instrument(span)
+            .await?;
+        Ok(Response::new(token_pair(pair)))
     }
 
     async fn get_jwks(&self, _request: Request<pb::Empty>) -> Result<Response<pb::Jwks>, Status> {

@@ -4,16 +4,20 @@
 //! ([`transport`]); and a plain-text health port for kubelet probes.
 
 pub mod authz;
+pub mod credentials;
 mod identity;
+mod phases;
 pub mod status;
 pub mod tls;
 pub mod transport;
 
 pub use identity::IdentityGrpc;
+pub use phases::PhasesGrpc;
 pub use transport::{Transport, TransportArgs};
 
 use crate::domain::IdentityService;
 use idbase_proto::v1::identity_server::{self, IdentityServer};
+use idbase_proto::v1::phases_server::{self, PhasesServer};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -79,10 +83,10 @@ pub async fn serve_identity(
     Ok(served?)
 }
 
-/// The admin port. Until the phase and console APIs land it serves health
-/// (and reflection) only, so probes and the SRE's tooling can already reach it.
+/// The admin port: the Phases service, health and reflection.
 pub async fn serve_admin(
     listener: TcpListener,
+    phases: PhasesGrpc,
     transport: Transport,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -91,8 +95,9 @@ pub async fn serve_admin(
     Server::builder()
         .layer(authz::AuthorizeLayer)
         .add_service(health_service)
-        .add_service(reflection(&[]).build_v1()?)
-        .add_service(reflection(&[]).build_v1alpha()?)
+        .add_service(reflection(&[phases_server::SERVICE_NAME]).build_v1()?)
+        .add_service(reflection(&[phases_server::SERVICE_NAME]).build_v1alpha()?)
+        .add_service(PhasesServer::new(phases))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     Ok(())

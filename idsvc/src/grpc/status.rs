@@ -27,6 +27,9 @@ impl From<Error> for Status {
             Error::Overloaded { retry_after_secs } => {
                 (ProblemType::Overloaded, Some(*retry_after_secs))
             }
+            Error::PhaseConflict(_) => (ProblemType::PhaseConflict, None),
+            Error::PhaseRefused(_) => (ProblemType::PhaseRefused, None),
+            Error::Gone(_) => (ProblemType::Gone, None),
             Error::Internal(cause) => {
                 error!(cause = format!("{cause:#}"), "internal error");
                 (ProblemType::Internal, None)

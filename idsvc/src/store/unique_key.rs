@@ -22,6 +22,12 @@ pub(super) const REGISTRATION_KEY: UniqueKey = UniqueKey {
     sqlite: "registration_keys.key_hash",
 };
 
+/// `legacy_exchanges`' primary key: one session per legacy refresh token.
+pub(super) const LEGACY_EXCHANGE: UniqueKey = UniqueKey {
+    mysql: "PRIMARY",
+    sqlite: "legacy_exchanges.legacy_token_sha256",
+};
+
 impl UniqueKey {
     /// True when `err` is a unique-key violation of this key.
     pub(super) fn violated_by(&self, err: &sqlx::Error) -> bool {

@@ -30,6 +30,7 @@ on_both_backends!(
     outdated_hash_is_upgraded_on_login,
     legacy_schemes_log_in_and_upgrade_to_argon2id,
     double_write_of_new_credentials_ends_sessions,
+    a_login_rehash_is_no_password_change_for_later_double_writes,
     session_lifetime_is_capped_and_idle_sessions_end,
     one_network_cannot_lock_out_a_member_but_many_lock_the_email,
 );
@@ -880,6 +881,64 @@ async fn double_write_of_new_credentials_ends_sessions(backend: Backend) {
         Err(Error::InvalidToken)
     ));
     s.login("jiro.new@example.com", PASSWORD).await.unwrap();
+}
+
+/// A login at idbase re-hashes a legacy password to argon2id; a later
+/// double write bringing the same legacy hash changed no password and must
+/// not end the member's sessions, while a new legacy hash still does. Also
+/// for a member no double write reached (a backfilled one): the re-hash
+/// keeps the hash it replaced.
+async fn a_login_rehash_is_no_password_change_for_later_double_writes(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let s = &h.service;
+    let bcrypt = |password: &str| {
+        bcrypt::hash_with_result(password, 4)
+            .unwrap()
+            .format_for_version(bcrypt::Version::TwoY)
+    };
+    let old_hash = bcrypt(PASSWORD);
+    // Legacy versions outrank the re-hash's (which is at least "now").
+    let version = |n: i64| idsvc::domain::Clock::now_ms(&*h.clock) + 1_000_000 * n;
+    for (id, backfilled) in [(5001, false), (5002, true)] {
+        let email = format!("rehash{id}@example.com");
+        s.upsert_legacy(legacy(id, &email, version(1), &old_hash))
+            .await
+            .unwrap();
+        if backfilled {
+            sqlx::query("UPDATE users SET legacy_hash_sha256 = NULL WHERE id = ?")
+                .bind(id)
+                .execute(h.store.pool())
+                .await
+                .unwrap();
+        }
+        let tokens = s.login(&email, PASSWORD).await.unwrap();
+        let row = h.store.user(id).await.unwrap().unwrap();
+        assert!(row.password_hash.starts_with("$argon2id$"), "re-hashed");
+        // The same legacy hash with a new phone: the session lives on.
+        let mut same = legacy(id, &email, version(2), &old_hash);
+        same.phone = Some("0398765432".into());
+        assert_eq!(
+            s.upsert_legacy(same).await.unwrap(),
+            (UpsertOutcome::Updated, version(2))
+        );
+        let tokens = s
+            .refresh(&tokens.refresh_token)
+            .await
+            .unwrap_or_else(|err| panic!("{id}: session ended: {err:?}"));
+        // A new password at legacy still ends it.
+        s.upsert_legacy(legacy(
+            id,
+            &email,
+            version(3),
+            &bcrypt("another passphrase"),
+        ))
+        .await
+        .unwrap();
+        assert!(matches!(
+            s.refresh(&tokens.refresh_token).await,
+            Err(Error::InvalidToken)
+        ));
+    }
 }
 
 /// Rotation never carries a session past its absolute lifetime from login,

@@ -21,8 +21,11 @@ macro_rules! on_both_backends {
 }
 
 mod conformance;
+mod cutover;
 mod hardening;
 mod harness;
 mod migration;
 mod mtls;
+mod phase_store;
+mod phases;
 mod reflection;

@@ -118,6 +118,7 @@ impl Server {
             admin,
             Transport::mtls(Arc::clone(&tls), "idbase"),
             None,
+            idsvc::AdminConfig::default(),
             shutdown.clone(),
         ));
         Self {
@@ -475,4 +476,50 @@ async fn files_that_do_not_load_keep_the_previous_certificate() {
     ));
     identity.get_jwks(pb::Empty {}).await.unwrap();
     reloads.cancel();
+}
+
+/// The admin port's Phases service over mTLS: a gateway's certificate
+/// alone may watch and report but nothing else; an admin certificate still
+/// needs an admin token (none is configured here); a monitor's certificate
+/// is refused by the port.
+#[tokio::test]
+async fn a_gateway_certificate_may_watch_and_report_the_phase_only() {
+    use idbase_proto::v1::phases_client::PhasesClient;
+    let ca = Ca::new("idbase internal CA");
+    let server = Server::start(&ca).await;
+    let as_role = |role: &str| {
+        let pem = ca.client(&format!("spiffe://idbase/{role}"));
+        PhasesClient::new(channel(server.admin, client_config(&ca.pem(), Some(&pem))))
+    };
+    let mut gateway = as_role("gateway");
+    let mut watch = gateway
+        .watch_phase(pb::WatchPhaseRequest {
+            watcher: "gw-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!((first.phase, first.generation), (0, 1));
+    gateway
+        .report_phase(pb::PhaseReport {
+            gateway_id: "gw-1".into(),
+            generation: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let denied = gateway.get_phase(pb::GetPhaseRequest {}).await.unwrap_err();
+    assert_eq!(denied.code(), Code::Unauthenticated, "{denied:?}");
+
+    let refused = as_role("admin")
+        .get_phase(pb::GetPhaseRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let refused = as_role("monitor")
+        .watch_phase(pb::WatchPhaseRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
 }

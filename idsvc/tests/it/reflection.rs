@@ -75,12 +75,14 @@ async fn both_ports_list_and_describe_their_services_in_v1alpha_and_v1() {
         admin,
         idsvc::grpc::Transport::Plaintext,
         None,
+        idsvc::AdminConfig::default(),
         shutdown.clone(),
     ));
 
     let mut public: BTreeSet<String> = COMMON.map(String::from).into();
     public.insert("idbase.v1.Identity".to_owned());
-    let admin_only: BTreeSet<String> = COMMON.map(String::from).into();
+    let mut admin_only: BTreeSet<String> = COMMON.map(String::from).into();
+    admin_only.insert("idbase.v1.Phases".to_owned());
     for (url, expected) in [(&grpc_url, &public), (&admin_url, &admin_only)] {
         assert_eq!(
             &listed_services!(v1alpha, url),

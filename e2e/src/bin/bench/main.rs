@@ -6,6 +6,7 @@
 //! README. These are measurements, not pass/fail tests.
 
 mod auth;
+mod cutover;
 mod failover;
 mod gateway;
 mod load;
@@ -32,6 +33,10 @@ struct Cli {
 enum Bench {
     /// Logins, refreshes and `GET /v1/users/me` through the gateway, against the raw argon2id limit.
     Auth(auth::Args),
+    /// The cutover at the edge: the legacy proxy against nginx, and how fast a phase change reaches the gateways.
+    Cutover(cutover::Args),
+    #[command(hide = true)]
+    CutoverProxy(cutover::ProxyArgs),
     /// The edge's costs: `gateway-waf` and `gateway-failover` in one run.
     Gateway(gateway::Args),
     /// `GET /v1/users/me` with the full WAF rule set against the WAF off.
@@ -47,6 +52,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let figures = match cli.bench {
         Bench::Auth(args) => auth::run(args).await?,
+        Bench::Cutover(args) => cutover::run(args).await?,
+        Bench::CutoverProxy(args) => cutover::serve_proxy(args).await?,
         Bench::Gateway(args) => gateway::run(args).await?,
         Bench::GatewayWaf(args) => waf::run(args).await?,
         Bench::GatewayFailover(args) => failover::run(args).await?,

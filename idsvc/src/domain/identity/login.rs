@@ -123,7 +123,11 @@ impl IdentityService {
             updated_at: now,
             ..user.clone()
         };
-        match self.store.update_user(&next, user.version).await {
+        match self
+            .store
+            .rehash_user(&next, user.version, &user.password_hash)
+            .await
+        {
             Ok(true) => {
                 metrics::counter!("idbase_password_rehash_total", "from" => scheme).increment(1)
             }

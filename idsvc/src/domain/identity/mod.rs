@@ -13,6 +13,7 @@ mod tokens;
 pub use legacy::{LegacyFields, LegacyUser, flag_nonconforming_email};
 pub use register::{IdempotencyKey, REGISTRATION_KEY_TTL};
 
+use super::phase::Phase;
 use super::{
     Clock, Email, Error, Millis, Password, Phone, Result, SealedPii, Store, ThrottlePolicy, UserId,
     UserRow,
@@ -75,6 +76,9 @@ pub struct Policy {
     /// Failed credential checks take at least this long (timing hides
     /// which accounts exist and which hash scheme they have).
     pub credential_failure_floor: Duration,
+    /// From phase 4, members registered here get ids from this one upward
+    /// (legacy's stay below; see `--native-id-margin`).
+    pub native_id_start: UserId,
 }
 
 impl Default for Policy {
@@ -89,6 +93,7 @@ impl Default for Policy {
             throttle: ThrottlePolicy::default(),
             legacy_hash_limits: LegacyHashLimits::default(),
             credential_failure_floor: Duration::from_millis(DEFAULT_CREDENTIAL_FAILURE_FLOOR_MS),
+            native_id_start: super::phase::DEFAULT_NATIVE_ID_START,
         }
     }
 }
@@ -187,6 +192,32 @@ impl IdentityService {
         let before = self.policy.throttle.purge_before(now);
         let throttles = self.store.purge_throttle(before).await?;
         Ok(throttles + self.store.purge_registrations(now).await?)
+    }
+
+    /// The phase as stored (`None` before idsvc first started its service).
+    async fn phase(&self) -> Result<Option<Phase>> {
+        Ok(self.store.phase_state().await?.map(|state| state.phase))
+    }
+
+    /// Where ids of members registered here start: from phase 4 idbase
+    /// takes writes, and its members get ids from `native_id_start` up,
+    /// apart from legacy's (double writes keep legacy's ids).
+    async fn native_ids(&self) -> Result<Option<UserId>> {
+        let native = self
+            .phase()
+            .await?
+            .is_some_and(|phase| phase >= Phase::Writes);
+        Ok(native.then_some(self.policy.native_id_start))
+    }
+
+    /// Double writes end with legacy: refused once migration is complete.
+    async fn double_writes_open(&self) -> Result<()> {
+        if self.phase().await? == Some(Phase::Complete) {
+            return Err(Error::Gone(
+                "migration is complete (phase 5): legacy's double writes are retired",
+            ));
+        }
+        Ok(())
     }
 
     async fn hash(&self, password: Password) -> Result<String> {

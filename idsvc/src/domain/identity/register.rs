@@ -91,7 +91,9 @@ impl IdentityService {
                 .ok_or(Error::Conflict("email is already in use"));
         }
         let seal = |id| self.seal(id, &email, phone.as_ref());
+        let id_floor = self.native_ids().await?;
         let new = NewUser {
+            id_floor,
             email_index: &index,
             password_hash: &hash,
             version: now,

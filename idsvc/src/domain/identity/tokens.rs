@@ -2,7 +2,10 @@
 
 use super::{IdentityService, TokenPair, millis};
 use crate::crypto::tokens::{self, AUDIENCE, AccessClaims, ISSUER};
-use crate::domain::{Error, Millis, NewRefreshToken, Result, RotateOutcome, Rotation, UserId};
+use crate::domain::{
+    Error, ExchangeOutcome, LegacyExchange, Millis, NewRefreshToken, Result, RotateOutcome,
+    Rotation, UserId,
+};
 use tracing::{info, warn};
 
 impl IdentityService {
@@ -71,6 +74,73 @@ impl IdentityService {
             info!(user_id, "session revoked");
         }
         Ok(())
+    }
+
+    /// Opens an idbase session for a member whose legacy refresh token the
+    /// gateway redeemed at legacy (from phase 3). The token's SHA-256 is
+    /// recorded: the same token again within the refresh grace window (a
+    /// client that missed our answer) gets a rotation of the same session;
+    /// later, or for another member, it is an invalid token.
+    pub async fn exchange_legacy_session(
+        &self,
+        user_id: UserId,
+        legacy_token_sha256: &[u8],
+        client_id: &str,
+    ) -> Result<TokenPair> {
+        if legacy_token_sha256.len() != 32 {
+            return Err(Error::invalid(
+                "legacy_token_sha256",
+                "must be the 32 bytes of a SHA-256",
+            ));
+        }
+        // Unknown or withdrawn: legacy's answer is no longer ours to honour.
+        if user_id <= 0 || self.store.user(user_id).await?.is_none() {
+            return Err(Error::InvalidToken);
+        }
+        // Logged only; the gateway names its clients, but bound what reaches the log.
+        let client_id: String = client_id.chars().take(64).collect();
+        let client_id = client_id.as_str();
+        let new_session = uuid::Uuid::new_v4().to_string();
+        let secret = tokens::new_refresh_secret();
+        let successor = |user_id: UserId, session_id: &str| {
+            tokens::refresh_token_hash(&tokens::refresh_token(&secret, user_id, session_id))
+        };
+        let now = self.clock.now_ms();
+        let outcome = self
+            .store
+            .exchange_legacy_session(LegacyExchange {
+                legacy_token: legacy_token_sha256,
+                user_id,
+                session_id: &new_session,
+                successor: &successor,
+                expires_at: now + millis(self.policy.refresh_ttl.min(self.policy.session_max_age)),
+                now,
+                grace_ms: millis(self.policy.refresh_grace),
+                max_age_ms: millis(self.policy.session_max_age),
+            })
+            .await?;
+        let session_id = match outcome {
+            ExchangeOutcome::Opened { session_id } => {
+                info!(user_id, client_id, "legacy session exchanged");
+                session_id
+            }
+            ExchangeOutcome::Rotated { session_id } => {
+                info!(
+                    user_id,
+                    client_id, "legacy session exchange retried: rotated"
+                );
+                session_id
+            }
+            ExchangeOutcome::Invalid => {
+                warn!(
+                    user_id,
+                    client_id, "legacy refresh token exchanged before: refused"
+                );
+                return Err(Error::InvalidToken);
+            }
+        };
+        let refresh = tokens::refresh_token(&secret, user_id, &session_id);
+        self.token_pair(user_id, &session_id, refresh, now)
     }
 
     pub(super) async fn start_session(&self, user_id: UserId) -> Result<TokenPair> {

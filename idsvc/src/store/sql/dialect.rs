@@ -46,4 +46,28 @@ impl Dialect {
             }
         }
     }
+
+    /// Replaces a gateway's heartbeat row.
+    pub(super) fn upsert_gateway_report(self) -> &'static str {
+        match self {
+            Self::Sqlite => {
+                "INSERT INTO gateway_reports (gateway_id, generation, writes_in_flight, \
+                 endpoints_total, endpoints_serving, legacy_reachable, reported_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (gateway_id) DO UPDATE SET \
+                 generation = excluded.generation, writes_in_flight = excluded.writes_in_flight, \
+                 endpoints_total = excluded.endpoints_total, \
+                 endpoints_serving = excluded.endpoints_serving, \
+                 legacy_reachable = excluded.legacy_reachable, reported_at = excluded.reported_at"
+            }
+            Self::MySql => {
+                "INSERT INTO gateway_reports (gateway_id, generation, writes_in_flight, \
+                 endpoints_total, endpoints_serving, legacy_reachable, reported_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE \
+                 generation = VALUES(generation), writes_in_flight = VALUES(writes_in_flight), \
+                 endpoints_total = VALUES(endpoints_total), \
+                 endpoints_serving = VALUES(endpoints_serving), \
+                 legacy_reachable = VALUES(legacy_reachable), reported_at = VALUES(reported_at)"
+            }
+        }
+    }
 }

@@ -3,9 +3,11 @@
 //! `users`, `sessions`, `throttle` and `audit`, and what the two backends
 //! spell differently in `dialect`.
 
+use crate::domain::phase::{GatewayReport, PhaseChange, PhaseState, PhaseSwap};
 use crate::domain::{
-    Millis, NewRefreshToken, NewUser, Registration, RotateOutcome, Rotation, Sealer, SecurityEvent,
-    Store, StoreResult, ThrottleState, Tombstone, UpsertOutcome, UserId, UserRow,
+    ExchangeOutcome, LegacyExchange, Millis, NewRefreshToken, NewUser, Registration, RotateOutcome,
+    Rotation, Sealer, SecurityEvent, Store, StoreResult, ThrottleState, Tombstone, UpsertOutcome,
+    UserId, UserRow,
 };
 use anyhow::Context;
 use async_trait::async_trait;
@@ -53,6 +55,7 @@ macro_rules! transaction {
 
 mod audit;
 mod dialect;
+mod phase;
 mod sessions;
 mod throttle;
 mod users;
@@ -177,6 +180,15 @@ impl Store for SqlStore {
         users::delete_user(self, id, version, now).await
     }
 
+    async fn rehash_user(
+        &self,
+        row: &UserRow,
+        expected_version: i64,
+        replaced: &str,
+    ) -> StoreResult<bool> {
+        users::rehash_user(self, row, expected_version, replaced).await
+    }
+
     async fn tombstone(&self, id: UserId) -> StoreResult<Option<Tombstone>> {
         users::tombstone(self, id).await
     }
@@ -239,5 +251,40 @@ impl Store for SqlStore {
 
     async fn security_events(&self, limit: i64) -> StoreResult<Vec<SecurityEvent>> {
         audit::security_events(self, limit).await
+    }
+
+    async fn exchange_legacy_session(
+        &self,
+        exchange: LegacyExchange<'_>,
+    ) -> StoreResult<ExchangeOutcome> {
+        sessions::exchange_legacy_session(self, exchange).await
+    }
+
+    async fn phase_state(&self) -> StoreResult<Option<PhaseState>> {
+        phase::phase_state(self).await
+    }
+
+    async fn create_phase_state(&self, initial: &PhaseState) -> StoreResult<PhaseState> {
+        phase::create_phase_state(self, initial).await
+    }
+
+    async fn swap_phase(&self, swap: PhaseSwap<'_>) -> StoreResult<bool> {
+        phase::swap_phase(self, swap).await
+    }
+
+    async fn phase_history(&self, limit: u32) -> StoreResult<Vec<PhaseChange>> {
+        phase::phase_history(self, limit).await
+    }
+
+    async fn record_gateway_report(&self, report: &GatewayReport) -> StoreResult<()> {
+        phase::record_gateway_report(self, report).await
+    }
+
+    async fn gateway_reports(&self, since: Millis) -> StoreResult<Vec<GatewayReport>> {
+        phase::gateway_reports(self, since).await
+    }
+
+    async fn purge_gateway_reports(&self, before: Millis) -> StoreResult<u64> {
+        phase::purge_gateway_reports(self, before).await
     }
 }

@@ -2,7 +2,11 @@
 //! a transaction, and one under row locks), revoke.
 
 use super::SqlStore;
-use crate::domain::{Millis, NewRefreshToken, RotateOutcome, Rotation, StoreResult, UserId};
+use crate::domain::{
+    ExchangeOutcome, LegacyExchange, Millis, NewRefreshToken, RotateOutcome, Rotation, StoreResult,
+    UserId,
+};
+use crate::store::unique_key::LEGACY_EXCHANGE;
 use sqlx::{AnyConnection, Row};
 
 pub(super) async fn revoke_all_sessions(
@@ -276,4 +280,104 @@ pub(super) async fn revoke_sessions(
     let _writer = store.writer().await;
     let mut conn = store.pool.acquire().await?;
     Ok(revoke_all_sessions(&mut conn, user_id, keep, now).await?)
+}
+
+/// One try of [`exchange_legacy_session`]: `None` when a concurrent
+/// exchange of the same token recorded it first (nothing was written).
+async fn exchange_once(
+    store: &SqlStore,
+    e: &LegacyExchange<'_>,
+) -> StoreResult<Option<ExchangeOutcome>> {
+    let for_update = store.dialect.for_update();
+    transaction!(store, |tx| {
+        let recorded: Option<(UserId, String, Millis)> = sqlx::query_as(&format!(
+            "SELECT user_id, session_id, created_at FROM legacy_exchanges \
+             WHERE legacy_token_sha256 = ?{for_update}"
+        ))
+        .bind(e.legacy_token)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((user_id, session_id, exchanged_at)) = recorded else {
+            // The exchange's row first: a concurrent twin collides here,
+            // before either wrote a session.
+            let recorded = sqlx::query(
+                "INSERT INTO legacy_exchanges (legacy_token_sha256, user_id, session_id, created_at) \
+                 VALUES (?, ?, ?, ?)",
+            )
+            .bind(e.legacy_token)
+            .bind(e.user_id)
+            .bind(e.session_id)
+            .bind(e.now)
+            .execute(&mut *tx)
+            .await;
+            match recorded {
+                Err(err) if LEGACY_EXCHANGE.violated_by(&err) => return Ok(None),
+                other => other?,
+            };
+            sqlx::query("INSERT INTO sessions (id, user_id, created_at) VALUES (?, ?, ?)")
+                .bind(e.session_id)
+                .bind(e.user_id)
+                .bind(e.now)
+                .execute(&mut *tx)
+                .await?;
+            let hash = (e.successor)(e.user_id, e.session_id);
+            let token = NewRefreshToken {
+                hash: &hash,
+                session_id: e.session_id,
+                user_id: e.user_id,
+                expires_at: e.expires_at,
+            };
+            insert_refresh_token(&mut tx, &token, e.now).await?;
+            return Ok(Some(ExchangeOutcome::Opened {
+                session_id: e.session_id.to_owned(),
+            }));
+        };
+        if user_id != e.user_id || e.now - exchanged_at > e.grace_ms {
+            return Ok(Some(ExchangeOutcome::Invalid));
+        }
+        let session: Option<(Millis, Option<Millis>)> = sqlx::query_as(&format!(
+            "SELECT created_at, revoked_at FROM sessions WHERE id = ?{for_update}"
+        ))
+        .bind(&session_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((started_at, None)) = session else {
+            return Ok(Some(ExchangeOutcome::Invalid));
+        };
+        // A retry of the exchange (the client missed our answer): the
+        // session's current token is superseded, as a rotation would.
+        let next = (e.successor)(user_id, &session_id);
+        sqlx::query(
+            "UPDATE refresh_tokens SET replaced_by = ?, rotated_at = COALESCE(rotated_at, ?) \
+             WHERE session_id = ? AND replaced_by IS NULL",
+        )
+        .bind(&next[..])
+        .bind(e.now)
+        .bind(&session_id)
+        .execute(&mut *tx)
+        .await?;
+        let token = NewRefreshToken {
+            hash: &next,
+            session_id: &session_id,
+            user_id,
+            expires_at: e.expires_at.min(started_at.saturating_add(e.max_age_ms)),
+        };
+        insert_refresh_token(&mut tx, &token, e.now).await?;
+        Ok(Some(ExchangeOutcome::Rotated {
+            session_id: session_id.clone(),
+        }))
+    })
+}
+
+pub(super) async fn exchange_legacy_session(
+    store: &SqlStore,
+    exchange: LegacyExchange<'_>,
+) -> StoreResult<ExchangeOutcome> {
+    // The loser of a race re-reads the winner's row (and rotates its session).
+    for _ in 0..2 {
+        if let Some(outcome) = exchange_once(store, &exchange).await? {
+            return Ok(outcome);
+        }
+    }
+    Ok(ExchangeOutcome::Invalid)
 }

@@ -8,6 +8,7 @@ use crate::domain::{
     UserId, UserRow,
 };
 use crate::store::unique_key::{REGISTRATION_KEY, USERS_EMAIL};
+use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
@@ -89,17 +90,46 @@ async fn update_user_row(
     Ok(done.rows_affected() == 1)
 }
 
+/// The next native id: `floor`, or past every id stored or deleted at or
+/// above it. On MySQL the locking read holds the range's end until commit,
+/// so concurrent registrations take turns (SQLite has one writer anyway).
+async fn next_native_id(
+    conn: &mut AnyConnection,
+    floor: UserId,
+    for_update: &str,
+) -> Result<UserId, sqlx::Error> {
+    let user: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT MAX(id) FROM users WHERE id >= ?{for_update}"
+    ))
+    .bind(floor)
+    .fetch_one(&mut *conn)
+    .await?;
+    let deleted: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT MAX(id) FROM tombstones WHERE id >= ?{for_update}"
+    ))
+    .bind(floor)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(user.max(deleted).map_or(floor, |highest| highest + 1))
+}
+
 pub(super) async fn create_user(
     store: &SqlStore,
     user: NewUser<'_>,
     seal: &Sealer<'_>,
 ) -> StoreResult<UserRow> {
+    let for_update = store.dialect.for_update();
     transaction!(store, |tx| {
+        let id = match user.id_floor {
+            Some(floor) => Some(next_native_id(&mut tx, floor, for_update).await?),
+            None => None,
+        };
         // The id is bound into the ciphertext, so insert first, then seal.
         let inserted = sqlx::query(
-            "INSERT INTO users (email_sealed, email_index, password_hash, version, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO users (id, email_sealed, email_index, password_hash, version, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
+        .bind(id)
         .bind(Vec::<u8>::new())
         .bind(user.email_index)
         .bind(user.password_hash)
@@ -110,7 +140,7 @@ pub(super) async fn create_user(
         .await
         .map_err(unique_as_email_taken)?;
         // MySQL reports the id; SQLite through `Any` does not, so ask.
-        let id = match inserted.last_insert_id() {
+        let id = match id.or(inserted.last_insert_id()) {
             Some(id) => id,
             None => {
                 sqlx::query_scalar("SELECT id FROM users WHERE email_index = ?")
@@ -261,6 +291,33 @@ pub(super) async fn delete_user(
     })
 }
 
+/// What `users.legacy_hash_sha256` holds of a password hash.
+fn hash_digest(password_hash: &str) -> Vec<u8> {
+    Sha256::digest(password_hash.as_bytes()).to_vec()
+}
+
+pub(super) async fn rehash_user(
+    store: &SqlStore,
+    row: &UserRow,
+    expected_version: i64,
+    replaced: &str,
+) -> StoreResult<bool> {
+    let _writer = store.writer().await;
+    let done = sqlx::query(
+        "UPDATE users SET password_hash = ?, version = ?, updated_at = ?, \
+         legacy_hash_sha256 = COALESCE(legacy_hash_sha256, ?) WHERE id = ? AND version = ?",
+    )
+    .bind(&row.password_hash)
+    .bind(row.version)
+    .bind(row.updated_at)
+    .bind(hash_digest(replaced))
+    .bind(row.id)
+    .bind(expected_version)
+    .execute(&store.pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 pub(super) async fn tombstone(store: &SqlStore, id: UserId) -> StoreResult<Option<Tombstone>> {
     let row = sqlx::query("SELECT id, version, deleted_at FROM tombstones WHERE id = ?")
         .bind(id)
@@ -273,6 +330,10 @@ pub(super) async fn tombstone(store: &SqlStore, id: UserId) -> StoreResult<Optio
         deleted_at: row.try_get("deleted_at")?,
     }))
 }
+
+/// What a double write compares: version, created_at, email index,
+/// password hash, the last legacy hash's SHA-256.
+type StoredForUpsert = (i64, i64, Vec<u8>, String, Option<Vec<u8>>);
 
 pub(super) async fn upsert_legacy(
     store: &SqlStore,
@@ -289,16 +350,22 @@ pub(super) async fn upsert_legacy(
         if let Some(deleted) = tombstone.filter(|&deleted| deleted >= row.version) {
             return Ok((UpsertOutcome::Stale, deleted));
         }
-        let stored: Option<(i64, i64, Vec<u8>, String)> = sqlx::query_as(&format!(
-            "SELECT version, created_at, email_index, password_hash FROM users WHERE id = ?{for_update}"
+        let stored: Option<StoredForUpsert> = sqlx::query_as(&format!(
+            "SELECT version, created_at, email_index, password_hash, legacy_hash_sha256 \
+                 FROM users WHERE id = ?{for_update}"
         ))
         .bind(row.id)
         .fetch_optional(&mut *tx)
         .await?;
-        match stored {
-            Some((stored, ..)) if stored > row.version => Ok((UpsertOutcome::Stale, stored)),
-            Some((stored, ..)) if stored == row.version => Ok((UpsertOutcome::Unchanged, stored)),
-            Some((stored, created_at, email_index, password_hash)) => {
+        let legacy_hash = hash_digest(&row.password_hash);
+        let outcome = match stored {
+            Some((stored, ..)) if stored > row.version => {
+                return Ok((UpsertOutcome::Stale, stored));
+            }
+            Some((stored, ..)) if stored == row.version => {
+                return Ok((UpsertOutcome::Unchanged, stored));
+            }
+            Some((stored, created_at, email_index, password_hash, last_legacy_hash)) => {
                 let update = UserRow {
                     created_at,
                     ..row.clone()
@@ -310,17 +377,30 @@ pub(super) async fn upsert_legacy(
                 // change through idbase does: whoever held the old
                 // credentials must not stay signed in. Both sides are in
                 // their canonical stored form (blind index, canonical hash).
-                if email_index != row.email_index || password_hash != row.password_hash {
+                // The password is compared with the last legacy hash, not
+                // with the stored one, which a login at idbase re-hashes
+                // without the password changing.
+                let new_password = match last_legacy_hash {
+                    Some(last) => last != legacy_hash,
+                    None => password_hash != row.password_hash,
+                };
+                if email_index != row.email_index || new_password {
                     revoke_all_sessions(&mut tx, row.id, None, row.updated_at).await?;
                 }
-                Ok((UpsertOutcome::Updated, row.version))
+                UpsertOutcome::Updated
             }
             None => {
                 insert_user_row(&mut tx, row)
                     .await
                     .map_err(unique_as_email_taken)?;
-                Ok((UpsertOutcome::Created, row.version))
+                UpsertOutcome::Created
             }
-        }
+        };
+        sqlx::query("UPDATE users SET legacy_hash_sha256 = ? WHERE id = ?")
+            .bind(&legacy_hash)
+            .bind(row.id)
+            .execute(&mut *tx)
+            .await?;
+        Ok((outcome, row.version))
     })
 }

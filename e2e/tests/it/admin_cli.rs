@@ -1,0 +1,355 @@
+//! `idbase admin phase …` as an SRE runs it: the built binary against a
+//! running `idbase dev` (its idsvc's admin port, its operator token from
+//! dev-credentials.json), checking output and exit codes.
+//!
+//! dev gets a `--legacy-url` nobody listens on, so the `legacy-reachable`
+//! check fails for the targets 1–4 for certain: a move there is refused
+//! (exit 3) unless forced.
+
+use e2e::{Process, free_addr};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_idbase"))
+}
+
+/// A running `idbase dev` on free loopback ports under its own data dir.
+struct Dev {
+    admin_url: String,
+    gateway_url: String,
+    operator_token: String,
+    data_dir: tempfile::TempDir,
+    _process: Process,
+}
+
+/// What `idbase admin …` did.
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}\nstderr: {}", self.stdout, self.stderr))
+    }
+}
+
+impl From<Output> for Ran {
+    fn from(output: Output) -> Self {
+        Self {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8(output.stdout).unwrap(),
+            stderr: String::from_utf8(output.stderr).unwrap(),
+        }
+    }
+}
+
+/// `idbase admin --admin-url URL ARGS…` with `token` in IDBASE_ADMIN_TOKEN.
+fn admin(url: &str, token: Option<&str>, args: &[&str]) -> Ran {
+    let mut command = Command::new(binary());
+    command
+        .args(["admin", "--admin-url", url])
+        .args(args)
+        .env_remove("IDBASE_ADMIN_TOKEN")
+        .env_remove("IDBASE_ADMIN_TOKEN_FILE");
+    if let Some(token) = token {
+        command.env("IDBASE_ADMIN_TOKEN", token);
+    }
+    command.output().unwrap().into()
+}
+
+impl Dev {
+    async fn start() -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let admin_addr = free_addr().unwrap();
+        let http_addr = free_addr().unwrap();
+        // Reserved and released: nothing listens there.
+        let no_legacy = free_addr().unwrap();
+        let process = Process(
+            Command::new(binary())
+                .arg("dev")
+                .arg("--data-dir")
+                .arg(data_dir.path())
+                .args(["--http", &http_addr])
+                .args(["--grpc", &free_addr().unwrap()])
+                .args(["--admin-grpc", &admin_addr])
+                .args(["--legacy-url", &format!("http://{no_legacy}")])
+                .env("RUST_LOG", "error")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let credentials = data_dir.path().join("dev-credentials.json");
+        let admin_url = format!("http://{admin_addr}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&credentials) {
+                let value: Value = serde_json::from_str(&text).unwrap();
+                let operator_token = value["admin_token"].as_str().unwrap().to_owned();
+                // 6 while the admin port is not up yet.
+                if admin(&admin_url, Some(&operator_token), &["phase", "get"]).code != 6 {
+                    return Self {
+                        admin_url,
+                        gateway_url: format!("http://{http_addr}"),
+                        operator_token,
+                        data_dir,
+                        _process: process,
+                    };
+                }
+            }
+            assert!(Instant::now() < deadline, "idbase dev did not come up");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn operator(&self, args: &[&str]) -> Ran {
+        admin(&self.admin_url, Some(&self.operator_token), args)
+    }
+
+    /// Waits until dev's gateway routes by `generation` (its /readyz says so).
+    async fn gateway_follows(&self, generation: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ready: Value = reqwest::get(format!("{}/readyz", self.gateway_url))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if ready["generation"].as_u64() == Some(generation) {
+                return ready;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway does not follow generation {generation}: {ready}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_operator_walks_the_phases_with_checks_forces_and_history() {
+    let dev = Dev::start().await;
+
+    let start = dev.operator(&["phase", "get", "--json"]);
+    assert_eq!(start.code, 0, "{}", start.stderr);
+    let start = start.json();
+    assert_eq!(start["phase"], 0);
+    assert_eq!(start["name"], "legacy");
+    assert_eq!(start["write_fence"], false);
+    let mut generation = start["generation"].as_u64().unwrap();
+    // dev's gateway follows the phase from dev's own admin port.
+    let ready = dev.gateway_follows(generation).await;
+    assert_eq!(ready["phase"], 0, "{ready}");
+    assert_eq!(
+        ready["legacy"], false,
+        "nothing listens at --legacy-url: {ready}"
+    );
+    let text = dev.operator(&["phase", "get"]);
+    assert!(
+        text.stdout.starts_with("phase        0 legacy\n"),
+        "{}",
+        text.stdout
+    );
+
+    // Legacy does not answer: the check says so with ✗, a move is refused.
+    let check = dev.operator(&["phase", "check", "1"]);
+    assert_eq!(check.code, 3, "{}\n{}", check.stdout, check.stderr);
+    assert!(
+        check.stdout.contains("✗ legacy-reachable"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check.stdout.contains("✓ transition-allowed"),
+        "{}",
+        check.stdout
+    );
+    let refused = dev.operator(&["phase", "set", "1", "--reason", "double writes on"]);
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("legacy-reachable"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(dev.operator(&["phase", "get", "--json"]).json()["phase"], 0);
+
+    // Forced with a reason, one step at a time, a ramp on the way.
+    for (target, weight) in [("1", None), ("2", Some("25")), ("2", None), ("3", None)] {
+        let mut args = vec![
+            "phase",
+            "set",
+            target,
+            "--reason",
+            "dev walk, legacy absent",
+            "--force",
+            "--json",
+        ];
+        if let Some(weight) = weight {
+            args.extend(["--weight", weight]);
+        }
+        let moved = dev.operator(&args);
+        assert_eq!(moved.code, 0, "{args:?}: {}", moved.stderr);
+        let state = &moved.json()["state"];
+        assert_eq!(state["phase"].to_string(), target);
+        assert_eq!(
+            state["weight"],
+            weight.map_or(100, |w| w.parse::<u64>().unwrap())
+        );
+        assert!(state["generation"].as_u64().unwrap() > generation);
+        generation = state["generation"].as_u64().unwrap();
+        let ready = dev.gateway_follows(generation).await;
+        assert_eq!(ready["weight"], state["weight"], "{ready}");
+    }
+
+    // A jump is not a move, forced or not.
+    let jump = dev.operator(&["phase", "set", "5", "--reason", "skip", "--force"]);
+    assert_eq!(jump.code, 3, "{}", jump.stderr);
+
+    // The write switch is fenced; --wait returns once dev's own gateway
+    // has acknowledged it and idsvc lifted the fence.
+    let fenced = dev.operator(&[
+        "phase",
+        "set",
+        "4",
+        "--reason",
+        "writes to idbase",
+        "--force",
+        "--wait",
+        "--json",
+    ]);
+    assert_eq!(fenced.code, 0, "{}", fenced.stderr);
+    let fenced = fenced.json();
+    assert_eq!(fenced["state"]["phase"], 4);
+    assert_eq!(fenced["state"]["write_fence"], true);
+    assert_eq!(fenced["settled"]["write_fence"], false);
+    assert!(fenced["settled"]["generation"].as_u64() > fenced["state"]["generation"].as_u64());
+    generation = fenced["settled"]["generation"].as_u64().unwrap();
+    assert_eq!(dev.gateway_follows(generation).await["write_fence"], false);
+
+    // Legacy is not needed for the last move.
+    let complete = dev.operator(&[
+        "phase",
+        "set",
+        "5",
+        "--reason",
+        "legacy retired",
+        "--expect",
+        &generation.to_string(),
+    ]);
+    assert_eq!(complete.code, 0, "{}\n{}", complete.stdout, complete.stderr);
+    assert!(
+        complete.stdout.contains("→ 5 complete"),
+        "{}",
+        complete.stdout
+    );
+
+    let history = dev.operator(&["phase", "history", "--json"]).json();
+    let changes = history["changes"].as_array().unwrap();
+    // Newest first: 4→5, the fence's end, 3→4, 2→3, ramp to 100, 1→2 at 25, 0→1.
+    assert_eq!(changes[0]["from_phase"], 4);
+    assert_eq!(changes[0]["to_phase"], 5);
+    assert_eq!(changes[0]["who"], "dev");
+    assert_eq!(changes[0]["reason"], "legacy retired");
+    assert_eq!(changes[0]["forced"], false);
+    let first = changes.last().unwrap();
+    assert_eq!(
+        (first["from_phase"].as_u64(), first["to_phase"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(first["forced"], true);
+    let fenced_change = changes
+        .iter()
+        .find(|c| c["from_phase"] == 3 && c["to_phase"] == 4)
+        .unwrap();
+    assert!(fenced_change["fence_ms"].is_u64(), "{fenced_change}");
+    let table = dev.operator(&["phase", "history", "--limit", "2"]);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    assert!(table.stdout.starts_with("GEN  MOVE"), "{}", table.stdout);
+    assert_eq!(table.stdout.lines().count(), 3, "{}", table.stdout);
+
+    // Phase 5 is terminal.
+    let back = dev.operator(&["phase", "set", "4", "--reason", "undo", "--force"]);
+    assert_eq!(back.code, 3, "{}", back.stderr);
+}
+
+#[tokio::test]
+async fn a_stale_generation_is_a_conflict_and_nothing_moves() {
+    let dev = Dev::start().await;
+    let generation = dev.operator(&["phase", "get", "--json"]).json()["generation"]
+        .as_u64()
+        .unwrap();
+    let stale = (generation - 1).to_string();
+    let conflict = dev.operator(&[
+        "phase", "set", "1", "--expect", &stale, "--reason", "r", "--force", "--json",
+    ]);
+    assert_eq!(conflict.code, 4, "{}", conflict.stderr);
+    assert_eq!(conflict.json()["error"]["problem"], "phase-conflict");
+    let now = dev.operator(&["phase", "get", "--json"]).json();
+    assert_eq!(now["phase"], 0);
+    assert_eq!(now["generation"].as_u64(), Some(generation));
+}
+
+#[tokio::test]
+async fn tokens_that_are_missing_wrong_or_of_the_gateway_are_unauthorised() {
+    let dev = Dev::start().await;
+    let url = &dev.admin_url;
+    let none = admin(url, None, &["phase", "get"]);
+    assert_eq!(none.code, 5, "{}", none.stderr);
+    assert!(
+        none.stderr.starts_with("idbase admin: unauthorised"),
+        "{}",
+        none.stderr
+    );
+    assert_eq!(admin(url, Some("not-a-token"), &["phase", "get"]).code, 5);
+    // dev's gateway credential may watch and report, nothing else.
+    let gateway_token =
+        std::fs::read_to_string(dev.data_dir.path().join("gateway-admin-token")).unwrap();
+    let gateway = admin(
+        url,
+        Some(gateway_token.trim()),
+        &["phase", "set", "1", "--reason", "r", "--force"],
+    );
+    assert_eq!(gateway.code, 5, "{}", gateway.stderr);
+    // The token from a file works as well as from the environment.
+    let file = dev.data_dir.path().join("operator-token");
+    std::fs::write(&file, &dev.operator_token).unwrap();
+    let from_file = admin(
+        url,
+        None,
+        &["--admin-token-file", file.to_str().unwrap(), "phase", "get"],
+    );
+    assert_eq!(from_file.code, 0, "{}", from_file.stderr);
+}
+
+#[test]
+fn an_admin_port_nobody_listens_on_is_unreachable() {
+    let url = format!("http://{}", free_addr().unwrap());
+    let ran = admin(&url, Some("token"), &["phase", "get", "--json"]);
+    assert_eq!(ran.code, 6, "{}", ran.stderr);
+    assert_eq!(ran.stderr.lines().count(), 1, "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("cannot reach idsvc's admin port"),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(ran.json()["error"]["kind"], "unreachable");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["phase", "set", "1"][..],
+        &["phase", "set", "9", "--reason", "r"],
+        &["phase", "check", "2", "--weight", "0"],
+    ] {
+        let ran = admin("http://127.0.0.1:1", Some("token"), args);
+        assert_eq!(ran.code, 2, "{args:?}: {}", ran.stderr);
+    }
+}

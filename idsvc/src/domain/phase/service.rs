@@ -1,0 +1,543 @@
+//! The phase service: reads and moves the phase (compare-and-set, checks,
+//! force and reason, history), publishes it to followers on this replica
+//! (changes made here at once, other replicas' within a poll interval),
+//! keeps the gateways' heartbeats, and lifts the write fence once every
+//! live gateway follows the fenced generation with no write in flight.
+
+use super::rules::{self, MoveKind, Phase};
+use super::{AUTOMATIC, GatewayReport, PhaseChange, PhaseState, PhaseSwap};
+use crate::domain::{Clock, Error, Millis, Result, Store};
+use rand::RngCore;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// How often a follower's stream repeats the state when nothing changes:
+/// a gateway calls the phase stale after 3 s without a message.
+pub const DEFAULT_PHASE_KEEPALIVE_MS: u64 = 1000;
+/// How often a replica reads the phase row for changes other replicas made:
+/// a move reaches every follower within tens of milliseconds.
+pub const DEFAULT_PHASE_POLL_MS: u64 = 25;
+/// A gateway whose last heartbeat (every 500 ms) is older than this is not
+/// live: it neither holds the fence up nor counts as reporting.
+pub const DEFAULT_GATEWAY_REPORT_TTL_MS: u64 = 5000;
+/// The first id of members registered at idbase (from phase 4): far above
+/// any legacy id, so the two ranges never meet.
+pub const DEFAULT_NATIVE_ID_START: i64 = 1_000_000_000_000;
+/// Legacy ids must stay this far below the native range for 3→4: room for
+/// the registrations legacy takes until writes move.
+pub const DEFAULT_NATIVE_ID_MARGIN: i64 = 1_000_000;
+
+/// Heartbeats older than this are deleted.
+const REPORT_RETENTION: Duration = Duration::from_secs(3600);
+/// Gateways whose heartbeats a replica keeps in memory: far more than a
+/// fleet, and a bound on what callers can make it hold.
+const MAX_GATEWAYS_IN_MEMORY: usize = 1024;
+
+#[derive(Clone, Debug)]
+pub struct PhaseSettings {
+    pub keepalive: Duration,
+    pub poll: Duration,
+    pub report_ttl: Duration,
+    pub native_id_start: i64,
+    pub native_id_margin: i64,
+}
+
+impl Default for PhaseSettings {
+    fn default() -> Self {
+        Self {
+            keepalive: Duration::from_millis(DEFAULT_PHASE_KEEPALIVE_MS),
+            poll: Duration::from_millis(DEFAULT_PHASE_POLL_MS),
+            report_ttl: Duration::from_millis(DEFAULT_GATEWAY_REPORT_TTL_MS),
+            native_id_start: DEFAULT_NATIVE_ID_START,
+            native_id_margin: DEFAULT_NATIVE_ID_MARGIN,
+        }
+    }
+}
+
+/// What idsvc asks legacy for a move's checks; `Err` carries the figure
+/// ("connection refused", "HTTP 503").
+#[async_trait::async_trait]
+pub trait LegacyProbe: Send + Sync {
+    async fn healthy(&self) -> std::result::Result<(), String>;
+    async fn max_id(&self) -> std::result::Result<i64, String>;
+}
+
+/// One precondition of a move.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    pub name: &'static str,
+    pub pass: bool,
+    pub figure: String,
+}
+
+impl Check {
+    fn new(name: &'static str, pass: bool, figure: impl Into<String>) -> Self {
+        Self {
+            name,
+            pass,
+            figure: figure.into(),
+        }
+    }
+}
+
+pub struct CheckOutcome {
+    pub from: PhaseState,
+    pub target: u32,
+    pub checks: Vec<Check>,
+}
+
+impl CheckOutcome {
+    pub fn ready(&self) -> bool {
+        self.checks.iter().all(|c| c.pass)
+    }
+}
+
+/// A move as an operator asks for it.
+pub struct MoveRequest<'a> {
+    pub target: u32,
+    /// 0 means 100.
+    pub weight: u32,
+    pub expected_generation: u64,
+    pub force: bool,
+    pub reason: &'a str,
+}
+
+pub struct PhaseService {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    settings: PhaseSettings,
+    legacy: Option<Arc<dyn LegacyProbe>>,
+    current: watch::Sender<PhaseState>,
+    /// The heartbeats this replica received, newest per gateway: its own
+    /// view at once, whatever the database's replicas lag. The table holds
+    /// every replica's.
+    reports: Mutex<HashMap<String, GatewayReport>>,
+}
+
+impl PhaseService {
+    /// Loads the phase, creating it (phase 0, a fresh ramp key) on first start.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        settings: PhaseSettings,
+        legacy: Option<Arc<dyn LegacyProbe>>,
+    ) -> Result<Arc<Self>> {
+        let state = match store.phase_state().await? {
+            Some(state) => state,
+            None => {
+                let mut ramp_key = vec![0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut ramp_key);
+                let initial = PhaseState {
+                    phase: Phase::Legacy,
+                    weight: 100,
+                    generation: 1,
+                    write_fence: false,
+                    ramp_key,
+                    changed_at: clock.now_ms(),
+                    changed_by: AUTOMATIC.to_owned(),
+                };
+                store.create_phase_state(&initial).await?
+            }
+        };
+        let (current, _) = watch::channel(state);
+        Ok(Arc::new(Self {
+            store,
+            clock,
+            settings,
+            legacy,
+            current,
+            reports: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn settings(&self) -> &PhaseSettings {
+        &self.settings
+    }
+
+    /// The phase as this replica last saw it.
+    pub fn current(&self) -> PhaseState {
+        self.current.borrow().clone()
+    }
+
+    /// Every change this replica sees, newest state first.
+    pub fn subscribe(&self) -> watch::Receiver<PhaseState> {
+        self.current.subscribe()
+    }
+
+    /// Publishes `state` if it is newer than what followers have.
+    fn publish(&self, state: PhaseState) {
+        self.current.send_if_modified(|current| {
+            if state.generation > current.generation {
+                *current = state;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Reads the stored phase (another replica may have moved it), publishes
+    /// it, and lifts the fence if it may go.
+    pub async fn refresh(&self) -> Result<PhaseState> {
+        let stored = self.stored().await?;
+        self.publish(stored.clone());
+        if stored.write_fence {
+            return self.lift_fence_if_clear(stored).await;
+        }
+        Ok(stored)
+    }
+
+    async fn stored(&self) -> Result<PhaseState> {
+        self.store
+            .phase_state()
+            .await?
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("the phase row is missing")))
+    }
+
+    /// Follows other replicas' changes and lifts fences until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut poll = tokio::time::interval(self.settings.poll);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut purge = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = poll.tick() => {
+                    if let Err(err) = self.refresh().await {
+                        warn!(cause = %err, "reading the phase failed");
+                    }
+                }
+                _ = purge.tick() => {
+                    let before = self.clock.now_ms() - millis(REPORT_RETENTION);
+                    if let Err(err) = self.store.purge_gateway_reports(before).await {
+                        warn!(cause = %err, "purging old gateway reports failed");
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn history(&self, limit: u32) -> Result<Vec<PhaseChange>> {
+        let limit = if limit == 0 { 100 } else { limit.min(1000) };
+        Ok(self.store.phase_history(limit).await?)
+    }
+
+    /// The live gateways' heartbeats: the fleet's from the table, with the
+    /// newer of the two where this replica holds one too.
+    pub async fn live_gateways(&self) -> Result<Vec<GatewayReport>> {
+        let since = self.clock.now_ms() - millis(self.settings.report_ttl);
+        let mut live: HashMap<String, GatewayReport> = self
+            .store
+            .gateway_reports(since)
+            .await?
+            .into_iter()
+            .map(|report| (report.gateway_id.clone(), report))
+            .collect();
+        for report in self.lock_reports().values() {
+            if report.reported_at < since {
+                continue;
+            }
+            let newer = live
+                .get(&report.gateway_id)
+                .is_none_or(|known| known.reported_at < report.reported_at);
+            if newer {
+                live.insert(report.gateway_id.clone(), report.clone());
+            }
+        }
+        let mut live: Vec<GatewayReport> = live.into_values().collect();
+        live.sort_by(|a, b| a.gateway_id.cmp(&b.gateway_id));
+        Ok(live)
+    }
+
+    fn lock_reports(&self) -> std::sync::MutexGuard<'_, HashMap<String, GatewayReport>> {
+        // A panic while holding the lock leaves a map that is still whole.
+        self.reports
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Keeps a gateway's heartbeat; may lift the write fence.
+    pub async fn report(&self, mut report: GatewayReport) -> Result<()> {
+        report.reported_at = self.clock.now_ms();
+        self.store.record_gateway_report(&report).await?;
+        {
+            let mut reports = self.lock_reports();
+            if reports.len() >= MAX_GATEWAYS_IN_MEMORY && !reports.contains_key(&report.gateway_id)
+            {
+                let since = report.reported_at - millis(self.settings.report_ttl);
+                reports.retain(|_, kept| kept.reported_at >= since);
+            }
+            // Still full of live gateways: the table alone holds this one.
+            if reports.len() < MAX_GATEWAYS_IN_MEMORY || reports.contains_key(&report.gateway_id) {
+                reports.insert(report.gateway_id.clone(), report);
+            }
+        }
+        if self.current.borrow().write_fence {
+            let stored = self.stored().await?;
+            if stored.write_fence {
+                self.lift_fence_if_clear(stored).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The checks of a move from the stored phase to `target` at `weight`.
+    pub async fn check(&self, target: u32, weight: u32) -> Result<CheckOutcome> {
+        let from = self.stored().await?;
+        let (checks, _) = self.checks(&from, target, weight).await?;
+        Ok(CheckOutcome {
+            from,
+            target,
+            checks,
+        })
+    }
+
+    /// Runs the checks; the move's kind when the transition is allowed.
+    async fn checks(
+        &self,
+        from: &PhaseState,
+        target: u32,
+        weight: u32,
+    ) -> Result<(Vec<Check>, Option<(Phase, u32, MoveKind)>)> {
+        const ALLOWED: &str = "transition-allowed";
+        let allowed = rules::requested_weight(weight).and_then(|weight| {
+            let to =
+                Phase::from_number(target).ok_or_else(|| format!("there is no phase {target}"))?;
+            rules::transition(from.phase, from.weight, to, weight).map(|kind| (to, weight, kind))
+        });
+        let (to, weight, kind) = match allowed {
+            Ok(allowed) => allowed,
+            Err(why) => return Ok((vec![Check::new(ALLOWED, false, why)], None)),
+        };
+        let figure = match kind {
+            MoveKind::RampStep => format!("phase {to}: weight {} → {weight}", from.weight),
+            _ => format!("phase {} → {to} at weight {weight}", from.phase),
+        };
+        let mut checks = vec![Check::new(ALLOWED, true, figure)];
+        // Rolling back is always allowed: it is what an operator does when
+        // something is wrong, and the checks may be what is wrong.
+        if kind == MoveKind::Backward {
+            return Ok((checks, Some((to, weight, kind))));
+        }
+        let gateways = self.live_gateways().await?;
+        let (total, serving) = gateways.iter().fold((0, 0), |(t, s), g| {
+            (t + g.endpoints_total, s + g.endpoints_serving)
+        });
+        checks.push(Check::new(
+            "idsvc-endpoints-serving",
+            total > 0 && serving == total,
+            format!(
+                "{serving}/{total} endpoints SERVING as {} live gateway(s) see them",
+                gateways.len()
+            ),
+        ));
+        if to >= Phase::DoubleWrite {
+            checks.push(Check::new(
+                "gateways-reporting",
+                !gateways.is_empty(),
+                format!("{} live gateway(s)", gateways.len()),
+            ));
+        }
+        if (Phase::DoubleWrite..=Phase::Writes).contains(&to) {
+            checks.push(match &self.legacy {
+                None => Check::new("legacy-reachable", false, "legacy not configured"),
+                Some(legacy) => match legacy.healthy().await {
+                    Ok(()) => Check::new("legacy-reachable", true, "legacy health 200"),
+                    Err(why) => Check::new("legacy-reachable", false, why),
+                },
+            });
+        }
+        if to == Phase::Writes && kind == MoveKind::Forward {
+            checks.push(self.id_range_check().await);
+        }
+        Ok((checks, Some((to, weight, kind))))
+    }
+
+    async fn id_range_check(&self) -> Check {
+        const NAME: &str = "id-range-margin";
+        let Some(legacy) = &self.legacy else {
+            return Check::new(NAME, false, "legacy not configured");
+        };
+        let (start, margin) = (
+            self.settings.native_id_start,
+            self.settings.native_id_margin,
+        );
+        match legacy.max_id().await {
+            Ok(max_id) => {
+                let pass = max_id.saturating_add(margin) < start;
+                let relation = if pass { "<" } else { "≥" };
+                Check::new(
+                    NAME,
+                    pass,
+                    format!(
+                        "legacy max id {max_id} + margin {margin} {relation} native id start {start}"
+                    ),
+                )
+            }
+            Err(why) => Check::new(NAME, false, why),
+        }
+    }
+
+    /// Moves the phase (see design: compare-and-set, checks, force, reason).
+    pub async fn set(
+        &self,
+        who: &str,
+        request: MoveRequest<'_>,
+    ) -> Result<(PhaseState, Vec<Check>)> {
+        let reason =
+            rules::check_reason(request.reason).map_err(|why| Error::invalid("reason", why))?;
+        let from = self.stored().await?;
+        if from.generation != request.expected_generation {
+            return Err(Error::PhaseConflict(format!(
+                "the phase is at generation {}, not {}",
+                from.generation, request.expected_generation
+            )));
+        }
+        let (checks, allowed) = self.checks(&from, request.target, request.weight).await?;
+        let Some((to, weight, _)) = allowed else {
+            return Err(Error::PhaseRefused(refusal(&checks)));
+        };
+        let failing = checks.iter().any(|c| !c.pass);
+        if failing && !request.force {
+            return Err(Error::PhaseRefused(refusal(&checks)));
+        }
+        let now = self.clock.now_ms();
+        let next = PhaseState {
+            phase: to,
+            weight,
+            generation: from.generation + 1,
+            // A fence not yet lifted stays up through further moves.
+            write_fence: rules::fences_writes(from.phase, to) || from.write_fence,
+            ramp_key: from.ramp_key.clone(),
+            changed_at: now,
+            changed_by: who.to_owned(),
+        };
+        let change = PhaseChange {
+            generation: next.generation,
+            from_phase: from.phase,
+            to_phase: to,
+            from_weight: from.weight,
+            to_weight: weight,
+            who: who.to_owned(),
+            at: now,
+            reason: reason.to_owned(),
+            forced: failing,
+            automatic: false,
+            fence_ms: None,
+        };
+        let swap = PhaseSwap {
+            expected_generation: from.generation,
+            next: &next,
+            change: &change,
+            lifted: None,
+        };
+        if !self.store.swap_phase(swap).await? {
+            return Err(Error::PhaseConflict(
+                "the phase moved meanwhile; read it again".to_owned(),
+            ));
+        }
+        info!(
+            who,
+            from = %from.phase, to = %to, weight, generation = next.generation,
+            forced = failing, fence = next.write_fence, "phase moved"
+        );
+        self.publish(next.clone());
+        if next.write_fence {
+            // With no live gateway the fence goes at once.
+            self.lift_fence_if_clear(next.clone()).await?;
+        }
+        Ok((next, checks))
+    }
+
+    /// Lifts the fence of `fenced` (the stored state) when every live
+    /// gateway routes by its generation or later with no write in flight.
+    async fn lift_fence_if_clear(&self, fenced: PhaseState) -> Result<PhaseState> {
+        let gateways = self.live_gateways().await?;
+        let clear = gateways
+            .iter()
+            .all(|g| g.generation >= fenced.generation && g.writes_in_flight == 0);
+        if !clear {
+            return Ok(fenced);
+        }
+        let now = self.clock.now_ms();
+        // The change that raised the fence: the newest fencing move.
+        let raised = self
+            .store
+            .phase_history(20)
+            .await?
+            .into_iter()
+            .find(|c| !c.automatic && rules::fences_writes(c.from_phase, c.to_phase));
+        let fence_ms = raised
+            .as_ref()
+            .map_or(0, |c| u64::try_from(now - c.at).unwrap_or(0));
+        let next = PhaseState {
+            generation: fenced.generation + 1,
+            write_fence: false,
+            changed_at: now,
+            changed_by: AUTOMATIC.to_owned(),
+            ..fenced.clone()
+        };
+        let change = PhaseChange {
+            generation: next.generation,
+            from_phase: fenced.phase,
+            to_phase: fenced.phase,
+            from_weight: fenced.weight,
+            to_weight: fenced.weight,
+            who: AUTOMATIC.to_owned(),
+            at: now,
+            reason: format!(
+                "write fence lifted: {} live gateway(s) follow generation {} with no write in flight",
+                gateways.len(),
+                fenced.generation
+            ),
+            forced: false,
+            automatic: true,
+            fence_ms: None,
+        };
+        let swap = PhaseSwap {
+            expected_generation: fenced.generation,
+            next: &next,
+            change: &change,
+            lifted: raised.map(|c| (c.generation, fence_ms)),
+        };
+        if !self.store.swap_phase(swap).await? {
+            // Another replica lifted it, or an operator moved on.
+            return self.stored().await;
+        }
+        metrics::histogram!("idbase_phase_fence_seconds").record(fence_ms as f64 / 1000.0);
+        info!(generation = next.generation, fence_ms, "write fence lifted");
+        self.publish(next.clone());
+        Ok(next)
+    }
+
+    /// Records an admin call in the audit trail (who, which RPC, outcome).
+    pub async fn audit(&self, who: &str, rpc: &str, outcome: &str) {
+        let detail = format!("who={who} rpc={rpc} outcome={outcome}");
+        let detail: String = detail.chars().take(1000).collect();
+        if let Err(err) = self
+            .store
+            .record_security_event("admin_call", None, &detail, self.clock.now_ms())
+            .await
+        {
+            warn!(cause = %err, rpc, "auditing an admin call failed");
+        }
+    }
+}
+
+/// "failing checks: name (figure), …" for a refused move.
+fn refusal(checks: &[Check]) -> String {
+    let failing: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.pass)
+        .map(|c| format!("{} ({})", c.name, c.figure))
+        .collect();
+    format!("move refused; failing checks: {}", failing.join(", "))
+}
+
+fn millis(duration: Duration) -> Millis {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
