@@ -3,7 +3,8 @@
 //! a retry of the exchange within the grace window still succeeds, and no
 //! session from any phase is lost by any move.
 
-use super::{Api, Class, Session, Side, start};
+use super::{Answer, Api, Class, Session, Side, start};
+use e2e::cutover::Cutover;
 use e2e::cutover::{seeded_email, seeded_password};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -20,8 +21,10 @@ async fn refresh_at_legacy(legacy_url: &str, credential: &str, refresh_token: &s
         .status()
 }
 
-#[tokio::test]
-async fn a_legacy_session_is_exchanged_for_idbase_tokens_once() {
+/// A deployment in phase 3 where member 7's legacy session (logged in and
+/// refreshed at legacy in phase 2) was just exchanged: the deployment, the
+/// spent legacy session and the answer of the exchange.
+async fn exchanged() -> (Cutover, Api, Session, Answer) {
     let cutover = start(1, &[]).await;
     let api = Api::new(&cutover.gateways[0].url, &cutover.tokens);
     cutover.move_to(1, 100).await.unwrap();
@@ -55,6 +58,12 @@ async fn a_legacy_session_is_exchanged_for_idbase_tokens_once() {
         (StatusCode::OK, Side::Idbase),
         "{exchanged:?}"
     );
+    (cutover, api, legacy, exchanged)
+}
+
+#[tokio::test]
+async fn a_legacy_session_is_exchanged_for_idbase_tokens_once() {
+    let (cutover, api, legacy, exchanged) = exchanged().await;
     assert_eq!(exchanged.body["token_type"], "Bearer");
     let ours = Session::from(&exchanged);
     assert!(ours.is_idbase(), "{ours:?}");
@@ -64,37 +73,20 @@ async fn a_legacy_session_is_exchanged_for_idbase_tokens_once() {
         (StatusCode::OK, Side::Idbase),
         "{me:?}"
     );
-    assert_eq!(me.body["id"], 7);
+    assert_eq!(me.body["id"], "7");
     assert_eq!(me.body["email"], seeded_email(7));
-
-    // The redeemed legacy token is spent at legacy.
-    let at_legacy =
-        refresh_at_legacy(&cutover.legacy_url, &cutover.legacy_token, &legacy.refresh).await;
-    assert_eq!(at_legacy, StatusCode::UNAUTHORIZED);
-
-    // A client that lost the answer retries with the same legacy token
-    // within the grace window: the same session, rotated again.
-    let retried = api.refresh(Class::Web, &legacy.refresh).await;
-    assert_eq!(
-        (retried.status, retried.side),
-        (StatusCode::OK, Side::Idbase),
-        "{retried:?}"
-    );
-    let again = Session::from(&retried);
-    assert!(again.is_idbase());
-    let me = api.me(Class::Web, Some(&again.access)).await;
-    assert_eq!(
-        (me.status, &me.body["id"]),
-        (StatusCode::OK, &json!(7)),
-        "{me:?}"
-    );
     // The idbase refresh tokens go on rotating at idbase.
-    let next = api.refresh(Class::Web, &again.refresh).await;
+    let next = api.refresh(Class::Web, &ours.refresh).await;
     assert_eq!(
         (next.status, next.side),
         (StatusCode::OK, Side::Idbase),
         "{next:?}"
     );
+
+    // The redeemed legacy token is spent at legacy.
+    let at_legacy =
+        refresh_at_legacy(&cutover.legacy_url, &cutover.legacy_token, &legacy.refresh).await;
+    assert_eq!(at_legacy, StatusCode::UNAUTHORIZED);
 
     // A legacy token nobody issued is not exchanged.
     let forged = api.refresh(Class::Web, "lr_forged-token-value").await;
@@ -104,6 +96,32 @@ async fn a_legacy_session_is_exchanged_for_idbase_tokens_once() {
         "{forged:?}"
     );
     assert_eq!(forged.problem(), Some("invalid-token"), "{forged:?}");
+}
+
+#[tokio::test]
+async fn a_retried_exchange_within_the_grace_window_gets_the_same_session() {
+    let (_cutover, api, legacy, exchanged) = exchanged().await;
+    let first = Session::from(&exchanged);
+    // A client that lost the answer retries with the same legacy token
+    // within the grace window: the same session, rotated again.
+    let retried = api.refresh(Class::Web, &legacy.refresh).await;
+    assert_eq!(
+        (retried.status, retried.side),
+        (StatusCode::OK, Side::Idbase),
+        "{retried:?}"
+    );
+    let again = Session::from(&retried);
+    assert!(again.is_idbase(), "{again:?}");
+    let me = api.me(Class::Web, Some(&again.access)).await;
+    assert_eq!(
+        (me.status, &me.body["id"]),
+        (StatusCode::OK, &json!("7")),
+        "{me:?}"
+    );
+    // The same session: its refresh token names the first answer's session
+    // (`SECRET.USER.SESSION`).
+    let session = |token: &str| token.rsplit('.').next().unwrap().to_owned();
+    assert_eq!(session(&again.refresh), session(&first.refresh));
 }
 
 /// A member's session: its class, whom it belongs to, its current tokens.
@@ -147,11 +165,11 @@ async fn no_move_logs_anybody_out() {
                 h.session = Session::from(&refreshed);
                 let me = api.me(h.class, Some(&h.session.access)).await;
                 assert_eq!(me.status, StatusCode::OK, "{what}, refreshed: {me:?}");
-                assert_eq!(me.body["id"], h.id, "{what}");
+                assert_eq!(me.body["id"], h.id.to_string(), "{what}");
             } else {
                 assert_eq!(
                     (me.status, &me.body["id"]),
-                    (StatusCode::OK, &json!(h.id)),
+                    (StatusCode::OK, &json!(h.id.to_string())),
                     "{what}: {me:?}"
                 );
             }

@@ -84,7 +84,8 @@ async fn worker(apis: Vec<Api>, class: Class, task: usize, shared: Arc<Shared>) 
                 Session::from(&login)
             }
         };
-        let phone = format!("090{:08}", task as u64 * 1_000_000 + seq);
+        // 090-1xxx-xxxx: a valid Japanese mobile number, unique per write.
+        let phone = format!("0901{:07}", task as u64 * 100_000 + seq);
         let body = json!({"phone": phone, "current_password": password});
         let answer = unpaused(&mut outcome, || {
             api.patch_me(class, Some(&session.access), body.clone())
