@@ -492,37 +492,49 @@ pub async fn readyz(http: &reqwest::Client, gateway_url: &str) -> anyhow::Result
     serde_json::from_str(&text).with_context(|| format!("/readyz of {gateway_url}: {text}"))
 }
 
-/// Polls every gateway's `/readyz` until each shows `generation` (or later);
-/// returns the time it took.
+/// Polls every gateway's `/readyz` (each on its own) until each shows
+/// `generation` (or later); returns when the slowest had it.
+///
+/// A gateway's `/readyz` reads the phase before its health checks (which
+/// call idsvc and legacy and take longer than following does), so the time a
+/// poll was sent, not answered, is when the gateway was seen routing by the
+/// generation (give or take the request's way in).
 pub async fn wait_generation(
     gateways: &[String],
     generation: u64,
     within: Duration,
 ) -> anyhow::Result<Duration> {
-    let http = reqwest::Client::new();
     let started = Instant::now();
-    let mut behind: Vec<&String> = gateways.iter().collect();
-    while !behind.is_empty() {
-        let mut still = Vec::new();
-        for url in behind {
-            let ready = readyz(&http, url).await;
-            if !ready
-                .as_ref()
-                .is_ok_and(|r| r.generation.is_some_and(|g| g >= generation))
-            {
-                still.push(url);
-            }
-        }
-        behind = still;
-        if behind.is_empty() {
-            break;
+    let mut polls = tokio::task::JoinSet::new();
+    for url in gateways {
+        polls.spawn(poll_generation(url.clone(), generation, started, within));
+    }
+    let mut slowest = Duration::ZERO;
+    while let Some(seen) = polls.join_next().await {
+        slowest = slowest.max(seen??);
+    }
+    Ok(slowest)
+}
+
+/// When (since `started`) the poll that first saw `generation` at `url` was sent.
+async fn poll_generation(
+    url: String,
+    generation: u64,
+    started: Instant,
+    within: Duration,
+) -> anyhow::Result<Duration> {
+    let http = reqwest::Client::new();
+    loop {
+        let sent = started.elapsed();
+        let ready = readyz(&http, &url).await;
+        if ready.is_ok_and(|r| r.generation.is_some_and(|g| g >= generation)) {
+            return Ok(sent);
         }
         if started.elapsed() > within {
-            bail!("gateways {behind:?} did not reach generation {generation} within {within:?}");
+            bail!("gateway {url} did not reach generation {generation} within {within:?}");
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    Ok(started.elapsed())
 }
 
 /// The legacy emulator ([`crate::legacy`]) served from this process, on a

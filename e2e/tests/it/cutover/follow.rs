@@ -54,6 +54,7 @@ async fn two_gateways_follow_a_move_within_50_ms() {
             );
         }
     }
+    eprintln!("propagation to both gateways: {lags:?}");
     for (target, weight, lag) in &lags {
         assert!(
             *lag <= FOLLOW_WITHIN,
