@@ -322,6 +322,61 @@ mod tests {
         );
     }
 
+    #[derive(Parser)]
+    struct PhaseFlags {
+        #[command(flatten)]
+        phases: PhaseArgs,
+    }
+
+    #[test]
+    fn phase_flags_load_their_files_and_report_every_problem_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let credentials = dir.path().join("admin.toml");
+        std::fs::write(
+            &credentials,
+            format!(
+                "[[admin]]\nname = \"alice\"\nrole = \"operator\"\ntoken_sha256 = \"{}\"\n",
+                crate::grpc::credentials::token_sha256_hex("t")
+            ),
+        )
+        .expect("write");
+        let path = credentials.display().to_string();
+        let parsed = PhaseFlags::try_parse_from([
+            "idsvc",
+            "--admin-credentials",
+            &path,
+            "--phase-poll-ms",
+            "10",
+            "--native-id-start",
+            "5000",
+            "--legacy-url",
+            "http://legacy.internal:8081/",
+        ])
+        .expect("flags parse");
+        let config = AdminConfig::from_args(&parsed.phases).expect("loads");
+        assert!(!config.credentials.is_empty());
+        assert!(config.legacy.is_some());
+        assert_eq!(config.phase.poll, Duration::from_millis(10));
+        assert_eq!(config.phase.native_id_start, 5000);
+
+        let parsed = PhaseFlags::try_parse_from([
+            "idsvc",
+            "--admin-credentials",
+            "/nonexistent/admin.toml",
+            "--legacy-url",
+            "ftp://legacy",
+        ])
+        .expect("flags parse");
+        let err = AdminConfig::from_args(&parsed.phases)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains("/nonexistent/admin.toml") && err.contains("http(s) URL"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn flags_reach_the_config() {
         let parsed = Flags::try_parse_from([
