@@ -11,6 +11,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 pub use testdb::{TestDatabase, fresh_mysql_database};
 
+pub mod cutover;
+
 /// Builds `idbase` (once per process, in the caller's profile) and returns its
 /// path: for the benches. The black-box tests take the binary cargo built for
 /// them (`CARGO_BIN_EXE_idbase`), so a test run compiles the service once.
@@ -421,7 +423,7 @@ impl Deployment {
 }
 
 /// Waits until the gateway at `url` answers `/readyz`.
-async fn wait_ready(url: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(url: &str) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
@@ -435,7 +437,7 @@ async fn wait_ready(url: &str) -> anyhow::Result<()> {
 }
 
 /// Waits until an idsvc accepts connections on `grpc`.
-async fn wait_listening(grpc: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_listening(grpc: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while tokio::net::TcpStream::connect(grpc).await.is_err() {
         if Instant::now() > deadline {
@@ -446,13 +448,13 @@ async fn wait_listening(grpc: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     use rand::Rng;
     let bytes: [u8; 32] = rand::thread_rng().r#gen();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn sha256_hex(token: &str) -> String {
+pub(crate) fn sha256_hex(token: &str) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(token.as_bytes())
         .iter()

@@ -12,6 +12,7 @@
 
 mod admin_cli;
 mod api;
+mod cutover;
 mod edge;
 mod failover;
 mod legacy;
