@@ -428,36 +428,23 @@ impl Store {
     pub async fn spend_refresh(&self, token: &str) -> sqlx::Result<Option<(i64, i64)>> {
         let hash = token_hash(token);
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "SELECT t.MemberId, t.SessionId, t.Revoked, t.ExpiresAt, m.DelFlag FROM LegacyToken t \
-             LEFT JOIN Member m ON m.MemberId = t.MemberId \
-             WHERE t.TokenHash = ? AND t.Kind = 'r' FOR UPDATE",
-        )
-        .bind(&hash)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
+        let Some(row) = lock_refresh(&mut tx, &hash).await? else {
             return Ok(None);
         };
-        let member: i64 = row.try_get(0)?;
-        let session: i64 = row.try_get(1)?;
-        let revoked: i8 = row.try_get(2)?;
-        let expires: i64 = row.try_get(3)?;
-        let deleted: Option<i8> = row.try_get(4)?;
-        let valid = revoked == 0 && expires > now_ms() && deleted == Some(0);
+        let valid = !row.revoked && row.expires > now_ms() && row.member_exists;
         if valid {
             sqlx::query("UPDATE LegacyToken SET Revoked = 1 WHERE TokenHash = ?")
                 .bind(&hash)
                 .execute(&mut *tx)
                 .await?;
-        } else if revoked != 0 {
+        } else if row.revoked {
             sqlx::query("UPDATE LegacyToken SET Revoked = 1 WHERE SessionId = ?")
-                .bind(session)
+                .bind(row.session)
                 .execute(&mut *tx)
                 .await?;
         }
         tx.commit().await?;
-        Ok(valid.then_some((member, session)))
+        Ok(valid.then_some((row.member, row.session)))
     }
 
     /// Redeems a refresh token for the exchange: its session ends and its
@@ -466,41 +453,26 @@ impl Store {
     pub async fn redeem(&self, token: &str) -> sqlx::Result<Option<i64>> {
         let hash = token_hash(token);
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "SELECT t.MemberId, t.SessionId, t.Revoked, t.ExpiresAt, t.RedeemedAt, m.DelFlag \
-             FROM LegacyToken t LEFT JOIN Member m ON m.MemberId = t.MemberId \
-             WHERE t.TokenHash = ? AND t.Kind = 'r' FOR UPDATE",
-        )
-        .bind(&hash)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
+        let Some(row) = lock_refresh(&mut tx, &hash).await? else {
             return Ok(None);
         };
-        let member: i64 = row.try_get(0)?;
-        let session: i64 = row.try_get(1)?;
-        let revoked: i8 = row.try_get(2)?;
-        let expires: i64 = row.try_get(3)?;
-        let redeemed: Option<i64> = row.try_get(4)?;
-        let deleted: Option<i8> = row.try_get(5)?;
         let now = now_ms();
-        let member_exists = deleted == Some(0);
-        let outcome = match redeemed {
-            Some(at) if now - at <= REDEEM_GRACE_MS && member_exists => Some(member),
+        let outcome = match row.redeemed_at {
+            Some(at) if now - at <= REDEEM_GRACE_MS && row.member_exists => Some(row.member),
             Some(_) => None,
-            None if revoked == 0 && expires > now && member_exists => {
+            None if !row.revoked && row.expires > now && row.member_exists => {
                 sqlx::query("UPDATE LegacyToken SET RedeemedAt = ? WHERE TokenHash = ?")
                     .bind(now)
                     .bind(&hash)
                     .execute(&mut *tx)
                     .await?;
-                Some(member)
+                Some(row.member)
             }
             None => None,
         };
         // Redeemed or not, the session ends (a spent token's reuse included).
         sqlx::query("UPDATE LegacyToken SET Revoked = 1 WHERE SessionId = ?")
-            .bind(session)
+            .bind(row.session)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -519,6 +491,44 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// A refresh token's row, locked for the rest of the transaction.
+struct RefreshRow {
+    member: i64,
+    session: i64,
+    revoked: bool,
+    expires: i64,
+    redeemed_at: Option<i64>,
+    /// The member exists and is not withdrawn.
+    member_exists: bool,
+}
+
+async fn lock_refresh(
+    tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+    hash: &[u8],
+) -> sqlx::Result<Option<RefreshRow>> {
+    let row = sqlx::query(
+        "SELECT t.MemberId, t.SessionId, t.Revoked, t.ExpiresAt, t.RedeemedAt, m.DelFlag \
+         FROM LegacyToken t LEFT JOIN Member m ON m.MemberId = t.MemberId \
+         WHERE t.TokenHash = ? AND t.Kind = 'r' FOR UPDATE",
+    )
+    .bind(hash)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.map(|row| {
+        let revoked: i8 = row.try_get(2)?;
+        let deleted: Option<i8> = row.try_get(5)?;
+        Ok(RefreshRow {
+            member: row.try_get(0)?,
+            session: row.try_get(1)?,
+            revoked: revoked != 0,
+            expires: row.try_get(3)?,
+            redeemed_at: row.try_get(4)?,
+            member_exists: deleted == Some(0),
+        })
+    })
+    .transpose()
 }
 
 fn member_from(row: &sqlx::mysql::MySqlRow) -> sqlx::Result<Member> {
