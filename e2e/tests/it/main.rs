@@ -12,6 +12,7 @@
 
 mod admin_cli;
 mod api;
+mod contract;
 mod cutover;
 mod edge;
 mod failover;

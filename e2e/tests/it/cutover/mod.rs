@@ -128,7 +128,7 @@ impl Api {
     ) -> Answer {
         let mut request = self
             .http
-            .request(method, format!("{}{path}", self.url))
+            .request(method.clone(), format!("{}{path}", self.url))
             .header("Client-Token", class.token(&self.tokens));
         if let Some(bearer) = bearer {
             request = request.bearer_auth(bearer);
@@ -138,6 +138,7 @@ impl Api {
         }
         let answer = request.send().await.unwrap();
         let status = answer.status();
+        let headers = answer.headers().clone();
         let side = if answer
             .headers()
             .get("legacy-served")
@@ -152,7 +153,12 @@ impl Api {
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let text = answer.text().await.unwrap();
+        let bytes = answer.bytes().await.unwrap();
+        if side == Side::Legacy {
+            // The gateway's legacy path keeps to the contract legacy meets.
+            crate::contract::check_contract(&method, path, status, &headers, &bytes);
+        }
+        let text = String::from_utf8_lossy(&bytes).into_owned();
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Answer {
             status,
