@@ -28,6 +28,19 @@ const HOP_BY_HOP: &[&str] = &[
     "proxy-authenticate",
 ];
 
+/// Other ways a client could claim an address, host or scheme to legacy:
+/// only `X-Forwarded-For`, rebuilt by the gateway, says where a request
+/// came from.
+const CLIENT_CLAIMS: &[&str] = &[
+    "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+];
+
 /// Removes the hop-by-hop headers and every header that `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -61,6 +74,18 @@ pub fn to_legacy(headers: &mut HeaderMap, identity: &Identity<'_>) {
     strip_hop_by_hop(headers);
     headers.remove(CLIENT_TOKEN);
     headers.remove(http::header::HOST);
+    for name in CLIENT_CLAIMS {
+        headers.remove(*name);
+    }
+    // The `x-idbase-*` namespace is the gateway's: legacy believes it.
+    let ours: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-idbase-"))
+        .cloned()
+        .collect();
+    for name in ours {
+        headers.remove(name);
+    }
     headers.insert(GATEWAY_TOKEN, identity.gateway_token.clone());
     match HeaderValue::from_str(identity.client_id) {
         Ok(id) => {
@@ -191,6 +216,10 @@ mod tests {
             ("x-idbase-client-class", "internal"),
             ("x-request-id", "client-chosen"),
             ("host", "gateway.example"),
+            ("x-idbase-member", "42"),
+            ("forwarded", "for=192.0.2.1"),
+            ("x-real-ip", "192.0.2.1"),
+            ("x-forwarded-proto", "http"),
         ]);
         let token = HeaderValue::from_static("gw");
         to_legacy(
@@ -207,6 +236,14 @@ mod tests {
         assert!(map.get("client-token").is_none());
         assert!(map.get("host").is_none());
         assert!(map.get("x-request-id").is_none());
+        for claim in [
+            "x-idbase-member",
+            "forwarded",
+            "x-real-ip",
+            "x-forwarded-proto",
+        ] {
+            assert!(map.get(claim).is_none(), "{claim} reached legacy");
+        }
         assert_eq!(map["idbase-gateway-token"], "gw");
         assert_eq!(map["x-idbase-client"], "ios-app");
         assert_eq!(map["x-idbase-client-class"], "mobile");

@@ -156,6 +156,18 @@ impl Follower {
     pub fn apply(&self, message: &pb::PhaseState) {
         // 0 means "never": a message in the first millisecond counts as 1.
         let now = (self.epoch.elapsed().as_millis() as u64).max(1);
+        // Generations only grow. An older one comes from an idsvc replica
+        // that lags behind (or lost its database): following it could send
+        // writes back to the side the fleet has left. Its keepalives do not
+        // count as news either, so a gateway fed only by it turns stale.
+        if self
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|state| message.generation < state.generation)
+        {
+            return;
+        }
         let changed = self.current.load().as_ref().is_none_or(|state| {
             state.generation != message.generation
                 || state.phase != message.phase
@@ -250,7 +262,14 @@ pub fn spawn(
     let auth = config
         .token
         .as_deref()
-        .map(|token| format!("Bearer {token}").parse())
+        .map(|token| {
+            format!("Bearer {token}").parse().map(
+                |mut value: tonic::metadata::AsciiMetadataValue| {
+                    value.set_sensitive(true);
+                    value
+                },
+            )
+        })
         .transpose()
         .context("the admin token is not a valid header value")?;
     let legacy_up = Arc::new(AtomicU8::new(UNKNOWN));
@@ -409,5 +428,40 @@ async fn report(
             }
             Err(_) => tracing::debug!("phase report timed out"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(phase: u32, generation: u64) -> pb::PhaseState {
+        pb::PhaseState {
+            phase,
+            weight: 100,
+            generation,
+            ramp_key: vec![7; 32],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_older_generation_is_neither_followed_nor_news() {
+        let follower = Follower::new(Duration::from_millis(20));
+        follower.apply(&state(4, 9));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(follower.is_stale());
+        // A lagging replica still says phase 3.
+        follower.apply(&state(3, 8));
+        let current = follower.current().unwrap();
+        assert_eq!((current.phase, current.generation), (4, 9));
+        assert!(
+            follower.is_stale(),
+            "a lagging replica kept the phase fresh"
+        );
+        follower.apply(&state(4, 9));
+        assert!(!follower.is_stale());
+        follower.apply(&state(3, 10));
+        assert_eq!(follower.current().unwrap().phase, 3);
     }
 }

@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::Instrument;
 
 /// The cutover's part of the gateway's state.
 #[derive(Clone, Default)]
@@ -97,10 +98,27 @@ pub async fn route(State(state): State<AppState>, request: Request, next: Next) 
     let Some(route) = route_of(&request) else {
         return next.run(request).await;
     };
+    if !route.is_fenced_write() {
+        return gate(state, route, request, next).await;
+    }
+    // A write stays in flight until its upstream call ends, even when the
+    // client goes away first (dropping this future): the write fence must not
+    // lift while legacy or idsvc may still commit it.
+    let write = WriteGuard::enter(&state.cutover.writes);
+    let task = tokio::spawn(
+        async move {
+            let _write = write;
+            gate(state, route, request, next).await
+        }
+        .in_current_span(),
+    );
+    task.await
+        .unwrap_or_else(|_| Problem::internal().into_response())
+}
+
+/// Routes one member request by the phase this gateway follows.
+async fn gate(state: AppState, route: Route, request: Request, next: Next) -> Response {
     let cutover = &state.cutover;
-    let _write = route
-        .is_fenced_write()
-        .then(|| WriteGuard::enter(&cutover.writes));
     let (Some(legacy), Some(follower)) = (&cutover.legacy, &cutover.follower) else {
         return routed(next.run(request).await, Side::Idbase.label(), None);
     };
