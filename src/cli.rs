@@ -33,9 +33,9 @@ pub enum LogFormat {
 #[derive(Subcommand)]
 pub enum Command {
     /// idsvc and gateway in one process on SQLite: zero setup, for development.
-    Dev(dev::DevArgs),
+    Dev(Box<dev::DevArgs>),
     /// The ID service (gRPC).
-    Idsvc(idsvc::IdsvcArgs),
+    Idsvc(Box<idsvc::IdsvcArgs>),
     /// The HTTP gateway.
     Gateway(Box<gateway::GatewayArgs>),
     /// The admin console's scriptable commands over idsvc's admin port

@@ -71,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
     };
     init_tracing(cli.log_format.unwrap_or(default_format));
     match cli.command {
-        Command::Dev(args) => dev::run(args, shutdown_signal()).await,
+        Command::Dev(args) => dev::run(*args, shutdown_signal()).await,
         Command::Idsvc(args) => idsvc::run(args.into_config(), shutdown_signal()).await,
         Command::Gateway(args) => gateway::run(*args, shutdown_signal()).await,
         Command::Admin(args) => std::process::exit(admin_tui::run(args).await.code()),

@@ -184,7 +184,13 @@ impl AdminConfig {
         let legacy = args
             .legacy_url
             .as_deref()
-            .map(|url| crate::legacy::HttpLegacy::new(url, args.legacy_token_file.as_deref()))
+            .map(|url| {
+                crate::legacy::HttpLegacy::new(
+                    url,
+                    args.legacy_token_file.as_deref(),
+                    args.legacy_ca.as_deref(),
+                )
+            })
             .transpose();
         match (credentials, legacy) {
             (Ok(credentials), Ok(legacy)) => Ok(Self {
@@ -232,6 +238,10 @@ pub struct PhaseArgs {
     /// File holding the credential sent to legacy as `Idbase-Gateway-Token`.
     #[arg(long, env = "IDBASE_LEGACY_TOKEN_FILE")]
     pub legacy_token_file: Option<PathBuf>,
+    /// PEM CA bundle that signs legacy's certificate (private CA); without it
+    /// `https://` legacy URLs are checked against the web PKI's roots.
+    #[arg(long, env = "IDBASE_LEGACY_CA")]
+    pub legacy_ca: Option<PathBuf>,
 }
 
 impl PhaseArgs {
@@ -375,6 +385,33 @@ mod tests {
             err.contains("/nonexistent/admin.toml") && err.contains("http(s) URL"),
             "{err}"
         );
+    }
+
+    /// `--legacy-ca` must hold a certificate: an empty or unreadable bundle
+    /// is refused at start rather than found out by a phase move's checks.
+    #[test]
+    fn a_legacy_ca_without_a_certificate_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let empty = dir.path().join("ca.crt");
+        std::fs::write(&empty, "").expect("write");
+        for (ca, expected) in [
+            (empty.display().to_string(), "holds no certificate"),
+            ("/nonexistent/ca.crt".to_owned(), "/nonexistent/ca.crt"),
+        ] {
+            let parsed = PhaseFlags::try_parse_from([
+                "idsvc",
+                "--legacy-url",
+                "https://legacy:8090",
+                "--legacy-ca",
+                &ca,
+            ])
+            .expect("flags parse");
+            let err = AdminConfig::from_args(&parsed.phases)
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(err.contains(expected), "{err}");
+        }
     }
 
     #[test]

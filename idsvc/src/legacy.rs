@@ -20,8 +20,9 @@ pub struct HttpLegacy {
 
 impl HttpLegacy {
     /// `url` is legacy's base URL; `token_file` holds the credential sent as
-    /// `Idbase-Gateway-Token`.
-    pub fn new(url: &str, token_file: Option<&Path>) -> anyhow::Result<Self> {
+    /// `Idbase-Gateway-Token`; `ca`, a PEM bundle, is then the only trust for
+    /// an `https://` legacy (a private CA) instead of the web PKI's roots.
+    pub fn new(url: &str, token_file: Option<&Path>, ca: Option<&Path>) -> anyhow::Result<Self> {
         let base = url.trim_end_matches('/').to_owned();
         anyhow::ensure!(
             base.starts_with("http://") || base.starts_with("https://"),
@@ -34,10 +35,19 @@ impl HttpLegacy {
                 .to_owned(),
             None => String::new(),
         };
-        let client = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .build()
-            .context("building the legacy HTTP client")?;
+        let mut builder = reqwest::Client::builder().timeout(TIMEOUT);
+        if let Some(path) = ca {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("parsing {}", path.display()))?;
+            anyhow::ensure!(!roots.is_empty(), "{} holds no certificate", path.display());
+            builder = roots
+                .into_iter()
+                .fold(builder.tls_built_in_root_certs(false), |builder, root| {
+                    builder.add_root_certificate(root)
+                });
+        }
+        let client = builder.build().context("building the legacy HTTP client")?;
         Ok(Self {
             client,
             base,

@@ -14,7 +14,7 @@ async fn main() -> anyhow::Result<()> {
     let http = args.http;
     let config = args.config()?;
     let listener = tokio::net::TcpListener::bind(http).await?;
-    tracing::info!(%http, "legacy emulator listening");
+    tracing::info!(%http, tls = config.tls.is_some(), "legacy emulator listening");
     serve(listener, config, shutdown_signal()).await
 }
 

@@ -31,6 +31,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use store::Store;
 use subtle::ConstantTimeEq;
 
@@ -84,6 +85,21 @@ pub struct LegacyArgs {
     /// `Idbase-Gateway-Token`.
     #[arg(long, env = "IDBASE_LEGACY_EMULATOR_GATEWAY_TOKEN_FILE")]
     pub gateway_token_file: PathBuf,
+    /// PEM certificate chain; with `--tls-key` the listener serves HTTPS
+    /// instead of plain HTTP.
+    #[arg(long, env = "IDBASE_LEGACY_EMULATOR_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "IDBASE_LEGACY_EMULATOR_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The certificate and key the listener serves HTTPS with, read at start
+/// (a renewed certificate takes a restart).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// What the emulator runs with, secrets read.
@@ -95,6 +111,8 @@ pub struct Config {
     pub double_write: Option<(String, String)>,
     pub jwks_url: Option<String>,
     pub seed_members: u32,
+    /// HTTPS with these; plain HTTP without.
+    pub tls: Option<TlsFiles>,
 }
 
 impl LegacyArgs {
@@ -116,6 +134,10 @@ impl LegacyArgs {
             double_write,
             jwks_url: self.jwks_url,
             seed_members: self.seed_members,
+            tls: match (self.tls_cert, self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                _ => None,
+            },
         })
     }
 }
@@ -129,15 +151,57 @@ struct AppState {
 }
 
 /// Opens (and creates) the database, seeds it, and serves on `listener`
-/// until `shutdown` completes.
+/// (HTTPS when `config.tls` is set) until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let tls = config.tls.clone();
     let app = app(config).await?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    serve_router(listener, app, tls.as_ref(), shutdown).await
+}
+
+/// How long in-flight requests get to finish once `shutdown` completes
+/// (HTTPS listener).
+const TLS_DRAIN: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `listener` until `shutdown` completes: HTTPS (rustls,
+/// HTTP/1.1 and HTTP/2) with `tls`, plain HTTP without.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Option<&TlsFiles>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Some(tls) = tls else {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        return Ok(());
+    };
+    // One provider for the whole process; a second install is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+        .await
+        .with_context(|| {
+            format!(
+                "loading TLS certificate {} and key {}",
+                tls.cert.display(),
+                tls.key.display()
+            )
+        })?;
+    let handle = axum_server::Handle::new();
+    tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            shutdown.await;
+            handle.graceful_shutdown(Some(TLS_DRAIN));
+        }
+    });
+    axum_server::from_tcp_rustls(listener.into_std()?, rustls)?
+        .handle(handle)
+        .serve(app.into_make_service())
         .await?;
     Ok(())
 }

@@ -7,7 +7,7 @@
 use crate::contract::check_contract;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use e2e::legacy::{Config, GATEWAY_TOKEN_HEADER};
+use e2e::legacy::{Config, GATEWAY_TOKEN_HEADER, TlsFiles};
 use e2e::{Deployment, TestDatabase, fresh_mysql_database};
 use ed25519_dalek::{Signer, SigningKey};
 use reqwest::{Method, StatusCode};
@@ -31,13 +31,18 @@ async fn start(tune: impl FnOnce(&mut Config)) -> Emulator {
         double_write: None,
         jwks_url: None,
         seed_members: 0,
+        tls: None,
     };
     tune(&mut config);
     let gateway_token = config.gateway_token.clone();
+    let tls = config.tls.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", listener.local_addr().unwrap());
     let app = e2e::legacy::app(config).await.unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(async move {
+        e2e::legacy::serve_router(listener, app, tls.as_ref(), std::future::pending()).await
+    });
     Emulator {
         url,
         gateway_token,
@@ -95,6 +100,82 @@ impl Emulator {
         )
         .await
     }
+}
+
+/// `--tls-cert`/`--tls-key`: the emulator serves HTTPS with a certificate
+/// from a private CA (on kind, cert-manager's internal CA), and the member API
+/// answers over it as over plain HTTP. A client trusting only that CA gets
+/// through; one with the web PKI's roots, or speaking plain HTTP, does not.
+#[tokio::test]
+async fn the_emulator_serves_https_with_a_certificate_from_a_private_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let files = TlsFiles {
+        cert: dir.path().join("tls.crt"),
+        key: dir.path().join("tls.key"),
+    };
+    std::fs::write(&files.cert, cert.pem()).unwrap();
+    std::fs::write(&files.key, key.serialize_pem()).unwrap();
+
+    let mut legacy = start(|config| config.tls = Some(files)).await;
+    // The certificate names `localhost`, as kind's names the Service `legacy`.
+    legacy.url = legacy.url.replace("127.0.0.1", "localhost");
+    assert!(
+        legacy.url.starts_with("https://localhost:"),
+        "{}",
+        legacy.url
+    );
+    legacy.http = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let (status, user) = legacy.register("tls@example.com", PASSWORD).await;
+    assert_eq!(status, StatusCode::CREATED, "{user}");
+    let (status, session) = legacy.login("tls@example.com", PASSWORD).await;
+    assert_eq!(status, StatusCode::OK, "{session}");
+
+    let timeout = std::time::Duration::from_secs(10);
+    let untrusting = reqwest::Client::builder().timeout(timeout).build().unwrap();
+    let refused = untrusting
+        .get(format!("{}/legacy/v1/health", legacy.url))
+        .header(GATEWAY_TOKEN_HEADER, &legacy.gateway_token)
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "web PKI roots accepted a private CA: {refused:?}"
+    );
+    let plain = untrusting
+        .get(legacy.url.replacen("https://", "http://", 1) + "/legacy/v1/health")
+        .header(GATEWAY_TOKEN_HEADER, &legacy.gateway_token)
+        .send()
+        .await;
+    assert!(
+        plain.is_err(),
+        "plain HTTP answered on the TLS port: {plain:?}"
+    );
+
+    // idsvc's phase checks reach it with `--legacy-ca`, and only with it.
+    use idsvc::domain::phase::LegacyProbe;
+    use idsvc::legacy::HttpLegacy;
+    let token_file = dir.path().join("legacy-token");
+    std::fs::write(&token_file, &legacy.gateway_token).unwrap();
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let checks = HttpLegacy::new(&legacy.url, Some(&token_file), Some(&ca_file)).unwrap();
+    assert_eq!(checks.healthy().await, Ok(()));
+    assert!(checks.max_id().await.unwrap() >= 1);
+    let without_ca = HttpLegacy::new(&legacy.url, Some(&token_file), None).unwrap();
+    assert!(without_ca.healthy().await.is_err());
 }
 
 fn text<'a>(value: &'a Value, field: &str) -> &'a str {

@@ -111,7 +111,7 @@ async fn serve(h: &Harness, legacy_url: Option<&str>, shutdown: &CancellationTok
     let legacy = legacy_url.map(|url| {
         let dir = h.store_dir().join("legacy-token");
         std::fs::write(&dir, format!("{LEGACY_TOKEN}\n")).unwrap();
-        Arc::new(HttpLegacy::new(url, Some(&dir)).unwrap())
+        Arc::new(HttpLegacy::new(url, Some(&dir), None).unwrap())
             as Arc<dyn idsvc::domain::phase::LegacyProbe>
     });
     let config = AdminConfig {
