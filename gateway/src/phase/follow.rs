@@ -50,7 +50,9 @@ pub struct FollowArgs {
     /// (`--idsvc-client-cert`) is the credential.
     #[arg(long, env = "IDBASE_IDSVC_ADMIN_TOKEN_FILE", requires = "idsvc_admin")]
     pub idsvc_admin_token_file: Option<PathBuf>,
-    /// This gateway's name in idsvc's fleet view; the host name when unset.
+    /// This gateway's name in idsvc's fleet view, unique per process (two
+    /// gateways with one name would hide each other's writes in flight from
+    /// the write fence); `<host name>-<pid>` when unset.
     #[arg(long, env = "IDBASE_GATEWAY_ID")]
     pub gateway_id: Option<String>,
     /// Writes pause once no phase message arrived for this long.
@@ -74,7 +76,10 @@ impl FollowArgs {
                     .with_context(|| format!("reading {}", path.display()))
             })
             .transpose()?;
-        let gateway_id = self.gateway_id.clone().unwrap_or_else(hostname);
+        let gateway_id = self
+            .gateway_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
         Ok(Some(FollowConfig {
             url,
             token,

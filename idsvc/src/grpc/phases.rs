@@ -45,7 +45,8 @@ impl Rpc {
     /// What each admin role may call.
     fn allows(self, role: AdminRole) -> bool {
         match role {
-            AdminRole::Operator => true,
+            // Heartbeats hold and lift the write fence: gateways' alone.
+            AdminRole::Operator => !matches!(self, Rpc::ReportPhase),
             AdminRole::Viewer => !matches!(self, Rpc::SetPhase | Rpc::ReportPhase),
             AdminRole::Gateway => matches!(self, Rpc::WatchPhase | Rpc::ReportPhase),
         }
