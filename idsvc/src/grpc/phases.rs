@@ -268,6 +268,7 @@ impl Phases for PhasesGrpc {
         let keepalive = self.phases.settings().keepalive;
         let keepalive_ms = self.keepalive_ms();
         let changes = self.phases.subscribe();
+        let phases = Arc::clone(&self.phases);
         let shutdown = self.shutdown.clone();
         let ticks = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
         // The current state at once; then each change, or the state again
@@ -276,15 +277,23 @@ impl Phases for PhasesGrpc {
             (changes, ticks, true),
             move |(mut changes, mut ticks, first)| {
                 let shutdown = shutdown.clone();
+                let phases = Arc::clone(&phases);
                 async move {
                     if !first {
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return None,
-                            changed = changes.changed() => {
-                                changed.ok()?;
-                                ticks.reset();
+                        loop {
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return None,
+                                changed = changes.changed() => {
+                                    changed.ok()?;
+                                    ticks.reset();
+                                    break;
+                                }
+                                // No keepalive while this replica cannot
+                                // read the phase: followers turn stale.
+                                _ = ticks.tick() => if phases.is_confirmed() {
+                                    break;
+                                },
                             }
-                            _ = ticks.tick() => {}
                         }
                     }
                     let current = changes.borrow_and_update().clone();

@@ -32,6 +32,7 @@ on_both_backends!(
     watchers_see_changes_at_once_from_any_replica_and_keepalives_between,
     the_write_fence_lifts_once_every_live_gateway_follows,
     a_replica_keeps_the_heartbeats_it_received_in_bounded_memory,
+    a_replica_that_cannot_read_the_phase_stops_vouching_for_it,
 );
 
 fn credentials() -> AdminCredentials {
@@ -523,6 +524,41 @@ async fn watchers_see_changes_at_once_from_any_replica_and_keepalives_between(ba
         "{:?}",
         started.elapsed()
     );
+    shutdown.cancel();
+}
+
+async fn a_replica_that_cannot_read_the_phase_stops_vouching_for_it(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let shutdown = CancellationToken::new();
+    let mut c = client(&serve(&h, None, &shutdown).await).await;
+    let watch = pb::WatchPhaseRequest {
+        watcher: "gw-1".to_owned(),
+    };
+    let mut stream = c
+        .watch_phase(as_(GATEWAY, watch))
+        .await
+        .unwrap()
+        .into_inner();
+    next_state(&mut stream, Duration::from_millis(500)).await;
+    let rename = async |from: &str, to: &str| {
+        sqlx::query(&format!("ALTER TABLE {from} RENAME TO {to}"))
+            .execute(h.store.pool())
+            .await
+            .unwrap();
+    };
+    // The database is out of reach for the phase: past two keepalives the
+    // stream falls silent, so its gateways turn stale and pause writes.
+    rename("phase_state", "phase_state_away").await;
+    let unread = tokio::time::Instant::now() + settings().keepalive * 2;
+    while let Ok(Ok(Some(_))) = tokio::time::timeout_at(unread, stream.message()).await {}
+    let silent = tokio::time::timeout(Duration::from_millis(2500), stream.message()).await;
+    assert!(
+        silent.is_err(),
+        "a keepalive vouched for an unread phase: {silent:?}"
+    );
+    // Readable again: the keepalives come back.
+    rename("phase_state_away", "phase_state").await;
+    next_state(&mut stream, Duration::from_millis(2500)).await;
     shutdown.cancel();
 }
 

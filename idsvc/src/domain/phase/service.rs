@@ -9,6 +9,7 @@ use super::{AUTOMATIC, GatewayReport, PhaseChange, PhaseState, PhaseSwap};
 use crate::domain::{Clock, Error, Millis, Result, Store};
 use rand::RngCore;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -116,6 +117,8 @@ pub struct PhaseService {
     /// view at once, whatever the database's replicas lag. The table holds
     /// every replica's.
     reports: Mutex<HashMap<String, GatewayReport>>,
+    /// When this replica last read the phase from the database (clock ms).
+    read_at: AtomicI64,
 }
 
 impl PhaseService {
@@ -144,14 +147,25 @@ impl PhaseService {
             }
         };
         let (current, _) = watch::channel(state);
+        let read_at = AtomicI64::new(clock.now_ms());
         Ok(Arc::new(Self {
             store,
+            read_at,
             clock,
             settings,
             legacy,
             current,
             reports: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Whether this replica's phase is confirmed by a recent read of the
+    /// database. A replica that cannot read it must not vouch for the phase
+    /// (its watch streams then send no keepalives, so gateways turn stale
+    /// and pause writes instead of trusting a phase the fleet may have left).
+    pub fn is_confirmed(&self) -> bool {
+        let limit = millis(self.settings.keepalive).saturating_mul(2);
+        self.clock.now_ms() - self.read_at.load(Ordering::Acquire) <= limit
     }
 
     pub fn settings(&self) -> &PhaseSettings {
@@ -184,6 +198,7 @@ impl PhaseService {
     /// it, and lifts the fence if it may go.
     pub async fn refresh(&self) -> Result<PhaseState> {
         let stored = self.stored().await?;
+        self.read_at.store(self.clock.now_ms(), Ordering::Release);
         self.publish(stored.clone());
         if stored.write_fence {
             return self.lift_fence_if_clear(stored).await;
