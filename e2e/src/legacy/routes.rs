@@ -85,9 +85,25 @@ pub struct SyncMemberBody {
     email: String,
     phone: Option<String>,
     password_hash: String,
+    #[serde(deserialize_with = "integral")]
     version: i64,
     #[serde(default)]
     deleted: bool,
+}
+
+/// JSON Schema's `integer` admits `1346.0`: a number with no fraction is an
+/// integer however it is written, so the contract's clients may send either.
+fn integral<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    number
+        .as_i64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && (i64::MIN as f64..i64::MAX as f64).contains(f))
+                .map(|f| f as i64)
+        })
+        .ok_or_else(|| serde::de::Error::custom(format!("version: {number} is not an int64")))
 }
 
 #[derive(Serialize)]
@@ -477,4 +493,24 @@ async fn sync_member(
     Ok(Json(
         json!({ "id": id.to_string(), "outcome": outcome, "version": version }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SyncMemberBody;
+
+    fn version(json: &str) -> Result<i64, serde_json::Error> {
+        let body = format!(r#"{{"email":"a@example.com","password_hash":"h","version":{json}}}"#);
+        serde_json::from_str::<SyncMemberBody>(&body).map(|b| b.version)
+    }
+
+    #[test]
+    fn a_version_written_as_an_integral_float_is_an_integer() {
+        assert_eq!(version("1346").unwrap(), 1346);
+        assert_eq!(version("1346.0").unwrap(), 1346);
+        assert_eq!(version("1.346e3").unwrap(), 1346);
+        assert!(version("1346.5").is_err());
+        assert!(version("1e300").is_err());
+        assert!(version("\"1346\"").is_err());
+    }
 }
