@@ -9,6 +9,43 @@ use std::sync::OnceLock;
 use std::time::Instant;
 use tracing::Instrument;
 
+/// Installs the process's log subscriber: one JSON object per line (or a
+/// compact human form), filtered by `RUST_LOG` (default `info`), on stderr.
+///
+/// Lines are formatted on the calling thread and written by a logging
+/// thread through a buffer, so a request never waits on a `write` to a
+/// slow or contended stderr; the buffer is flushed whenever the queue
+/// empties. Nothing is dropped: when the queue (128k lines) is full,
+/// callers wait as they would on a direct write. Keep the guard until the
+/// process ends: dropping it flushes what is queued.
+pub fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
+    use tracing_subscriber::EnvFilter;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("idbase-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            // The request's span is the only one; listing it again as
+            // `spans` would double every line's cost.
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.compact().init();
+    }
+    guard
+}
+
 /// The request id header, named like the gRPC metadata that carries it on.
 pub const REQUEST_ID: &str = idbase_proto::problem::REQUEST_ID_METADATA_KEY;
 
@@ -21,6 +58,9 @@ const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// How often the recorder's histograms are drained (the exporter's own default).
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The process's Prometheus recorder (installed once, shared by every server
 /// in the process, so `idbase dev` shows idsvc's metrics too).
 pub fn prometheus() -> PrometheusHandle {
@@ -32,6 +72,19 @@ pub fn prometheus() -> PrometheusHandle {
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
+            // Histograms keep every sample until upkeep folds them into
+            // their buckets; without it a gateway whose metrics nobody
+            // scrapes would grow by every request it serves.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("idbase-metrics".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_EVERY);
+                        upkeep.run_upkeep();
+                    }
+                })
+                .expect("spawning the metrics upkeep thread");
             // Another recorder may exist in tests that start several gateways.
             let _ = metrics::set_global_recorder(recorder);
             handle

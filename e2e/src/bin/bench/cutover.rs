@@ -403,13 +403,7 @@ pub async fn serve_proxy(args: ProxyArgs) -> anyhow::Result<Value> {
     use gateway::clients::{Client, ClientClass, Clients, require_client};
     use gateway::legacy::{Legacy, LegacyArgs};
 
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .json()
-        .flatten_event(true)
-        .with_current_span(true)
-        .init();
+    let _log = gateway::telemetry::init_logging(true);
     let config = LegacyArgs {
         legacy_url: Some(args.legacy_url),
         legacy_token_file: Some(args.legacy_token_file),

@@ -13,6 +13,10 @@ mod load;
 mod migrate;
 mod waf;
 
+// The same allocator as `idbase`, whose proxy path `bench cutover` runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 /// Every bench member's password.
