@@ -425,31 +425,49 @@ impl Cutover {
 
     /// Copies legacy's members into idbase as the runbook does once double
     /// writes are on (phase 1): `idbase migrate bulkload` from the emulator's
-    /// database, then `backfill`.
+    /// database, then `backfill`, then `validate` (which the moves into
+    /// phases 2–4 require). Under a client load a write in flight can show
+    /// as a difference for a moment, so validate runs again, up to three
+    /// times in all, as an operator would rerun it; a lasting difference
+    /// fails.
     pub fn migrate_members(&self) -> anyhow::Result<()> {
-        let mapping = legacy_mapping();
-        for job in ["bulkload", "backfill"] {
-            let mut command = Command::new(&self.binary);
+        self.migrate("bulkload")?;
+        self.migrate("backfill")?;
+        let mut attempt = 1;
+        while let Err(error) = self.migrate("validate") {
+            if attempt == 3 {
+                return Err(error);
+            }
+            attempt += 1;
+        }
+        Ok(())
+    }
+
+    /// Runs one `idbase migrate` job against idsvc's database (the
+    /// emulator's database as the source).
+    fn migrate(&self, job: &str) -> anyhow::Result<()> {
+        let mut command = Command::new(&self.binary);
+        command
+            .args(["migrate", job, "--database-url", &self.idbase_database])
+            .arg("--keys-dir")
+            .arg(&self.keys)
+            .arg("--quiet");
+        if job != "backfill" {
             command
-                .args(["migrate", job, "--database-url", &self.idbase_database])
-                .arg("--keys-dir")
-                .arg(&self.keys)
-                .arg("--quiet");
-            if job == "bulkload" {
-                command
-                    .args(["--source", &self.legacy_database, "--mapping"])
-                    .arg(&mapping);
-            }
-            let output = command
-                .stderr(Stdio::piped())
-                .output()
-                .with_context(|| format!("running idbase migrate {job}"))?;
-            if !output.status.success() {
-                bail!(
-                    "idbase migrate {job} failed: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            }
+                .args(["--source", &self.legacy_database, "--mapping"])
+                .arg(legacy_mapping());
+        }
+        let output = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .with_context(|| format!("running idbase migrate {job}"))?;
+        if !output.status.success() {
+            bail!(
+                "idbase migrate {job} failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! The storage the domain needs. Backends live in `crate::store` and implement
 //! this trait; the domain never sees SQL.
 
-use super::phase::{GatewayReport, PhaseChange, PhaseState, PhaseSwap};
+use super::phase::{GatewayReport, LastValidation, PhaseChange, PhaseState, PhaseSwap};
 use async_trait::async_trait;
 
 pub type UserId = i64;
@@ -272,6 +272,8 @@ pub trait Store: Send + Sync + 'static {
     async fn gateway_reports(&self, since: Millis) -> StoreResult<Vec<GatewayReport>>;
     /// Deletes heartbeats older than `before`.
     async fn purge_gateway_reports(&self, before: Millis) -> StoreResult<u64>;
+    /// The newest `migrate validate` run; `None` before the first.
+    async fn latest_validation(&self) -> StoreResult<Option<LastValidation>>;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 
 use super::checkpoint::Checkpoint;
 use super::transform::{LegacyRecord, Reject};
-use super::validation::{LastValidation, ValidationReport};
+use super::validation::ValidationReport;
 use crate::domain::{UserId, UserRow};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -138,8 +138,8 @@ pub trait MigrationStore: Send + Sync {
     /// `(id, version)` of those of `ids` stored in `users`.
     async fn stored_versions(&self, ids: &[i64]) -> anyhow::Result<Vec<(i64, i64)>>;
 
-    // Validation results (`migration_validations`).
+    // Validation results (`migration_validations`); the newest is read
+    // through the domain's `Store`, for the phase guardrails.
 
     async fn save_validation(&self, report: &ValidationReport) -> anyhow::Result<()>;
-    async fn latest_validation(&self) -> anyhow::Result<Option<LastValidation>>;
 }

@@ -4,6 +4,7 @@
 //! guardrails). Reports carry ids and field names only, never values.
 
 use super::store::MigrationStore;
+use crate::domain::Store;
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
@@ -261,21 +262,11 @@ pub async fn save(store: &dyn MigrationStore, report: &ValidationReport) -> anyh
     store.save_validation(report).await
 }
 
-/// The newest validation's headline, for `status` and guardrails.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct LastValidation {
-    pub started_at_ms: i64,
-    pub finished_at_ms: i64,
-    pub source_rows: i64,
-    pub matched: i64,
-    pub missing: i64,
-    pub extra: i64,
-    pub different: i64,
-    pub passed: bool,
-}
+pub use crate::domain::phase::LastValidation;
 
-pub async fn latest(store: &dyn MigrationStore) -> anyhow::Result<Option<LastValidation>> {
-    store.latest_validation().await
+/// The newest validation's headline (`status`; the phase guardrails read it too).
+pub async fn latest(store: &dyn Store) -> anyhow::Result<Option<LastValidation>> {
+    Ok(store.latest_validation().await?)
 }
 
 #[cfg(test)]

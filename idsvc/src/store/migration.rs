@@ -11,7 +11,7 @@ use crate::migration::store::{
     Claimant, ConflictLine, MigrationStore, RejectLine, StagedRange, UserPages, WinnerOf,
 };
 use crate::migration::transform::{LegacyRecord, Reject};
-use crate::migration::validation::{LastValidation, ValidationReport};
+use crate::migration::validation::ValidationReport;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -533,27 +533,5 @@ impl MigrationStore for SqlStore {
         .execute(self.pool())
         .await?;
         Ok(())
-    }
-
-    async fn latest_validation(&self) -> anyhow::Result<Option<LastValidation>> {
-        let row = sqlx::query(
-            "SELECT started_at, finished_at, source_rows, matched, missing, extra, different, \
-             passed FROM migration_validations ORDER BY id DESC LIMIT 1",
-        )
-        .fetch_optional(self.pool())
-        .await?;
-        row.map(|r| -> anyhow::Result<LastValidation> {
-            Ok(LastValidation {
-                started_at_ms: r.try_get(0)?,
-                finished_at_ms: r.try_get(1)?,
-                source_rows: r.try_get(2)?,
-                matched: r.try_get(3)?,
-                missing: r.try_get(4)?,
-                extra: r.try_get(5)?,
-                different: r.try_get(6)?,
-                passed: r.try_get::<i64, _>(7)? != 0,
-            })
-        })
-        .transpose()
     }
 }

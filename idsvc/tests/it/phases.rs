@@ -101,7 +101,28 @@ fn settings() -> PhaseSettings {
         report_ttl: Duration::from_millis(1500),
         native_id_start: 1_000_000,
         native_id_margin: 1_000,
+        validation_max_age: Duration::from_secs(3600),
     }
+}
+
+/// Records a `migrate validate` run that finished `ago`, as the job does
+/// (by the wall clock, which the phase service reads too).
+async fn validated(h: &Harness, passed: bool, ago: Duration) {
+    use idsvc::domain::{Clock, SystemClock};
+    use idsvc::migration::MigrationStore;
+    use idsvc::migration::validation::ValidationReport;
+    let finished_at_ms = SystemClock.now_ms() - i64::try_from(ago.as_millis()).unwrap();
+    let report = ValidationReport {
+        started_at_ms: finished_at_ms - 5_000,
+        finished_at_ms,
+        source_rows: 1_000,
+        matched: if passed { 1_000 } else { 997 },
+        different: if passed { 0 } else { 3 },
+        failures: if passed { 0 } else { 3 },
+        passed,
+        ..ValidationReport::default()
+    };
+    h.store.save_validation(&report).await.unwrap();
 }
 
 /// idsvc on loopback over the harness's store; the admin port's URL.
@@ -393,6 +414,64 @@ async fn moves_compare_the_generation_and_pass_their_checks_or_are_forced(backen
         .unwrap_err();
     assert_eq!(long.code(), Code::InvalidArgument);
 
+    // Into 2 only after a recent passing validation: none, a failed one,
+    // a passing one too old; the figure says which.
+    let validation = async |c: &mut PhasesClient<Channel>| {
+        let checked = c
+            .check_phase(as_(
+                EVE,
+                pb::CheckPhaseRequest {
+                    target: 2,
+                    weight: 10,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let check = checked
+            .checks
+            .into_iter()
+            .find(|c| c.name == "validation-passed")
+            .unwrap();
+        (check.pass, check.figure)
+    };
+    assert_eq!(
+        validation(&mut c).await,
+        (false, "no `idbase migrate validate` recorded".to_owned())
+    );
+    let refused = c
+        .set_phase(as_(ALICE, set(2, 10, 2, "internal reads for 10%")))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("validation-passed"),
+        "{}",
+        refused.message()
+    );
+    validated(&h, false, Duration::from_secs(600)).await;
+    assert_eq!(
+        validation(&mut c).await,
+        (
+            false,
+            "failed, finished 10 min ago (at most 60 min): 1000 legacy rows, 0 missing, 0 extra, \
+             3 different"
+                .to_owned()
+        )
+    );
+    validated(&h, true, Duration::from_secs(2 * 3600)).await;
+    assert_eq!(
+        validation(&mut c).await,
+        (
+            false,
+            "passed, finished 2 h ago (at most 60 min, too old): 1000 legacy rows, \
+             0 missing, 0 extra, 0 different"
+                .to_owned()
+        )
+    );
+    validated(&h, true, Duration::from_secs(60)).await;
+    assert!(validation(&mut c).await.0);
+
     // Ramped: 2 at 10 %, then 100 %, then 3.
     c.set_phase(as_(ALICE, set(2, 10, 2, "internal reads for 10%")))
         .await
@@ -575,6 +654,7 @@ async fn the_write_fence_lifts_once_every_live_gateway_follows(backend: Backend)
         }
     };
     report_all(&mut c, 1, 0).await;
+    validated(&h, true, Duration::ZERO).await;
     for (target, generation) in [(1, 1), (2, 2), (3, 3)] {
         c.set_phase(as_(ALICE, set(target, 0, generation, "on")))
             .await

@@ -10,8 +10,8 @@ pub use rules::{
 };
 pub use service::{
     Check, CheckOutcome, DEFAULT_GATEWAY_REPORT_TTL_MS, DEFAULT_NATIVE_ID_MARGIN,
-    DEFAULT_NATIVE_ID_START, DEFAULT_PHASE_KEEPALIVE_MS, DEFAULT_PHASE_POLL_MS, LegacyProbe,
-    MoveRequest, PhaseService, PhaseSettings,
+    DEFAULT_NATIVE_ID_START, DEFAULT_PHASE_KEEPALIVE_MS, DEFAULT_PHASE_POLL_MS,
+    DEFAULT_VALIDATION_MAX_AGE_MS, LegacyProbe, MoveRequest, PhaseService, PhaseSettings,
 };
 
 use super::Millis;
@@ -65,6 +65,21 @@ pub struct GatewayReport {
     /// `None` for a gateway without legacy.
     pub legacy_reachable: Option<bool>,
     pub reported_at: Millis,
+}
+
+/// The newest `idbase migrate validate` run's headline: what `migrate
+/// status` shows and the forward moves' `validation-passed` check reads.
+#[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
+pub struct LastValidation {
+    pub started_at_ms: i64,
+    pub finished_at_ms: i64,
+    pub source_rows: i64,
+    pub matched: i64,
+    pub missing: i64,
+    pub extra: i64,
+    pub different: i64,
+    /// No difference outside the run's `--allow` list.
+    pub passed: bool,
 }
 
 /// A compare-and-set of the phase: `next` replaces the stored state if its

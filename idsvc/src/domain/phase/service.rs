@@ -32,6 +32,11 @@ pub const DEFAULT_NATIVE_ID_START: i64 = 1_000_000_000_000;
 /// the registrations legacy takes until writes move.
 pub const DEFAULT_NATIVE_ID_MARGIN: i64 = 1_000_000;
 
+/// A forward move into phases 2–4 needs a passing `migrate validate` that
+/// finished at most this long ago: a day-old validation still describes
+/// the data double writes have kept in step since.
+pub const DEFAULT_VALIDATION_MAX_AGE_MS: u64 = 24 * 3600 * 1000;
+
 /// Heartbeats older than this are deleted.
 const REPORT_RETENTION: Duration = Duration::from_secs(3600);
 /// Gateways whose heartbeats a replica keeps in memory: far more than a
@@ -45,6 +50,7 @@ pub struct PhaseSettings {
     pub report_ttl: Duration,
     pub native_id_start: i64,
     pub native_id_margin: i64,
+    pub validation_max_age: Duration,
 }
 
 impl Default for PhaseSettings {
@@ -55,6 +61,7 @@ impl Default for PhaseSettings {
             report_ttl: Duration::from_millis(DEFAULT_GATEWAY_REPORT_TTL_MS),
             native_id_start: DEFAULT_NATIVE_ID_START,
             native_id_margin: DEFAULT_NATIVE_ID_MARGIN,
+            validation_max_age: Duration::from_millis(DEFAULT_VALIDATION_MAX_AGE_MS),
         }
     }
 }
@@ -366,10 +373,44 @@ impl PhaseService {
                 },
             });
         }
+        if (Phase::InternalReads..=Phase::Writes).contains(&to) {
+            checks.push(self.validation_check().await?);
+        }
         if to == Phase::Writes && kind == MoveKind::Forward {
             checks.push(self.id_range_check().await);
         }
         Ok((checks, Some((to, weight, kind))))
+    }
+
+    /// The newest `migrate validate` passed and is recent enough.
+    async fn validation_check(&self) -> Result<Check> {
+        const NAME: &str = "validation-passed";
+        let Some(last) = self.store.latest_validation().await? else {
+            return Ok(Check::new(
+                NAME,
+                false,
+                "no `idbase migrate validate` recorded",
+            ));
+        };
+        let age_ms = u64::try_from(self.clock.now_ms() - last.finished_at_ms).unwrap_or(0);
+        let max_age = self.settings.validation_max_age;
+        let fresh = u128::from(age_ms) <= max_age.as_millis();
+        let verdict = if last.passed { "passed" } else { "failed" };
+        let staleness = if fresh { "" } else { ", too old" };
+        Ok(Check::new(
+            NAME,
+            last.passed && fresh,
+            format!(
+                "{verdict}, finished {} ago (at most {}{staleness}): {} legacy rows, \
+                 {} missing, {} extra, {} different",
+                human_age(Duration::from_millis(age_ms)),
+                human_age(max_age),
+                last.source_rows,
+                last.missing,
+                last.extra,
+                last.different,
+            ),
+        ))
     }
 
     async fn id_range_check(&self) -> Check {
@@ -551,6 +592,15 @@ fn refusal(checks: &[Check]) -> String {
         .map(|c| format!("{} ({})", c.name, c.figure))
         .collect();
     format!("move refused; failing checks: {}", failing.join(", "))
+}
+
+/// "42 s", "17 min", "26 h": what an operator reads in a check's figure.
+fn human_age(age: Duration) -> String {
+    match age.as_secs() {
+        s if s < 120 => format!("{s} s"),
+        s if s < 120 * 60 => format!("{} min", s / 60),
+        s => format!("{} h", s / 3600),
+    }
 }
 
 fn millis(duration: Duration) -> Millis {

@@ -3,7 +3,7 @@
 //! `users`, `sessions`, `throttle` and `audit`, and what the two backends
 //! spell differently in `dialect`.
 
-use crate::domain::phase::{GatewayReport, PhaseChange, PhaseState, PhaseSwap};
+use crate::domain::phase::{GatewayReport, LastValidation, PhaseChange, PhaseState, PhaseSwap};
 use crate::domain::{
     ExchangeOutcome, LegacyExchange, Millis, NewRefreshToken, NewUser, Registration, RotateOutcome,
     Rotation, Sealer, SecurityEvent, Store, StoreResult, ThrottleState, Tombstone, UpsertOutcome,
@@ -286,5 +286,9 @@ impl Store for SqlStore {
 
     async fn purge_gateway_reports(&self, before: Millis) -> StoreResult<u64> {
         phase::purge_gateway_reports(self, before).await
+    }
+
+    async fn latest_validation(&self) -> StoreResult<Option<LastValidation>> {
+        phase::latest_validation(self).await
     }
 }

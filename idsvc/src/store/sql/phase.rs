@@ -2,7 +2,9 @@
 //! the gateways' heartbeats.
 
 use super::SqlStore;
-use crate::domain::phase::{GatewayReport, Phase, PhaseChange, PhaseState, PhaseSwap};
+use crate::domain::phase::{
+    GatewayReport, LastValidation, Phase, PhaseChange, PhaseState, PhaseSwap,
+};
 use crate::domain::{Millis, StoreError, StoreResult};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -212,4 +214,26 @@ pub(super) async fn purge_gateway_reports(store: &SqlStore, before: Millis) -> S
         .execute(&store.pool)
         .await?;
     Ok(done.rows_affected())
+}
+
+pub(super) async fn latest_validation(store: &SqlStore) -> StoreResult<Option<LastValidation>> {
+    let row = sqlx::query(
+        "SELECT started_at, finished_at, source_rows, matched, missing, extra, different, \
+         passed FROM migration_validations ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_optional(&store.pool)
+    .await?;
+    row.map(|r| -> StoreResult<LastValidation> {
+        Ok(LastValidation {
+            started_at_ms: r.try_get(0)?,
+            finished_at_ms: r.try_get(1)?,
+            source_rows: r.try_get(2)?,
+            matched: r.try_get(3)?,
+            missing: r.try_get(4)?,
+            extra: r.try_get(5)?,
+            different: r.try_get(6)?,
+            passed: r.try_get::<i64, _>(7)? != 0,
+        })
+    })
+    .transpose()
 }
