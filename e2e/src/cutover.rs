@@ -203,6 +203,10 @@ impl Cutover {
             "--insecure-plaintext",
             "--legacy-url",
             &legacy_url,
+            // The move to 5 waits for 2 s without legacy activity (an hour
+            // by default); `move_to` waits it out through the checks.
+            "--legacy-quiet-ms",
+            "2000",
         ]
         .iter()
         .map(|a| (*a).to_owned())
@@ -335,6 +339,15 @@ impl Cutover {
             })
             .await
             .map(tonic::Response::into_inner))
+    }
+
+    /// CheckPhase's checks of the move to `target` at `weight`.
+    pub async fn check(&self, target: u32, weight: u32) -> anyhow::Result<Vec<pb::PhaseCheck>> {
+        let mut admin = self.admin().await?;
+        let checked = admin
+            .check_phase(pb::CheckPhaseRequest { target, weight })
+            .await?;
+        Ok(checked.into_inner().checks)
     }
 
     /// Waits until CheckPhase finds the move to `target` at `weight` ready

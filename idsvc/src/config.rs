@@ -7,9 +7,9 @@ use crate::crypto::PasswordParams;
 use crate::crypto::legacy_hash::LegacyHashLimits;
 use crate::crypto::password::DEFAULT_ARGON2_QUEUE;
 use crate::domain::phase::{
-    DEFAULT_GATEWAY_REPORT_TTL_MS, DEFAULT_NATIVE_ID_MARGIN, DEFAULT_NATIVE_ID_START,
-    DEFAULT_PHASE_KEEPALIVE_MS, DEFAULT_PHASE_POLL_MS, DEFAULT_VALIDATION_MAX_AGE_MS, LegacyProbe,
-    PhaseSettings,
+    DEFAULT_GATEWAY_REPORT_TTL_MS, DEFAULT_LEGACY_QUIET_MS, DEFAULT_NATIVE_ID_MARGIN,
+    DEFAULT_NATIVE_ID_START, DEFAULT_PHASE_KEEPALIVE_MS, DEFAULT_PHASE_POLL_MS,
+    DEFAULT_VALIDATION_MAX_AGE_MS, LegacyProbe, PhaseSettings,
 };
 use crate::domain::{
     DEFAULT_ACCESS_TTL_SECS, DEFAULT_CREDENTIAL_FAILURE_FLOOR_MS, DEFAULT_EMAIL_FAILURE_FACTOR,
@@ -236,6 +236,9 @@ pub struct PhaseArgs {
     /// Forward moves into phases 2–4 need a passing `migrate validate` at most this many milliseconds old.
     #[arg(long, env = "IDBASE_VALIDATION_MAX_AGE_MS", default_value_t = DEFAULT_VALIDATION_MAX_AGE_MS)]
     pub validation_max_age_ms: u64,
+    /// The move to phase 5 needs no double write received and no legacy token exchanged for this many milliseconds.
+    #[arg(long, env = "IDBASE_LEGACY_QUIET_MS", default_value_t = DEFAULT_LEGACY_QUIET_MS)]
+    pub legacy_quiet_ms: u64,
     /// Legacy API base URL, only for the checks of a phase move (legacy-reachable, id-range-margin).
     #[arg(long, env = "IDBASE_LEGACY_URL")]
     pub legacy_url: Option<String>,
@@ -257,6 +260,7 @@ impl PhaseArgs {
             native_id_start: self.native_id_start,
             native_id_margin: self.native_id_margin,
             validation_max_age: Duration::from_millis(self.validation_max_age_ms),
+            legacy_quiet: Duration::from_millis(self.legacy_quiet_ms),
         }
     }
 }

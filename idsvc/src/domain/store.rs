@@ -1,7 +1,10 @@
 //! The storage the domain needs. Backends live in `crate::store` and implement
 //! this trait; the domain never sees SQL.
 
-use super::phase::{GatewayReport, LastValidation, PhaseChange, PhaseState, PhaseSwap};
+use super::phase::{
+    GatewayReport, LastLegacyActivity, LastValidation, LegacyActivity, PhaseChange, PhaseState,
+    PhaseSwap,
+};
 use async_trait::async_trait;
 
 pub type UserId = i64;
@@ -274,6 +277,10 @@ pub trait Store: Send + Sync + 'static {
     async fn purge_gateway_reports(&self, before: Millis) -> StoreResult<u64>;
     /// The newest `migrate validate` run; `None` before the first.
     async fn latest_validation(&self) -> StoreResult<Option<LastValidation>>;
+    /// Raises the stored time of `kind` to `at` (never lowers it).
+    async fn note_legacy_activity(&self, kind: LegacyActivity, at: Millis) -> StoreResult<()>;
+    /// The latest stored time of each kind.
+    async fn last_legacy_activity(&self) -> StoreResult<LastLegacyActivity>;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,11 +1,14 @@
 //! What the phase cutover asks of the identity service, on every backend:
 //! legacy sessions exchanged for idbase ones (once, with a retry inside the
-//! grace window), native ids from phase 4, double writes gone in phase 5.
+//! grace window), native ids from phase 4, double writes gone in phase 5,
+//! legacy's activity noted for the move to 5.
 
 use crate::conformance::principal_of;
 use crate::harness::{Backend, Harness};
-use idsvc::domain::phase::{Phase, PhaseChange, PhaseState, PhaseSwap};
-use idsvc::domain::{Error, LegacyUser, Policy, Store, UpsertOutcome};
+use idsvc::domain::phase::{
+    LastLegacyActivity, LegacyActivity, Phase, PhaseChange, PhaseState, PhaseSwap,
+};
+use idsvc::domain::{Clock, Error, LegacyUser, Policy, Store, UpsertOutcome};
 use sqlx::Row;
 use std::time::Duration;
 
@@ -16,6 +19,7 @@ on_both_backends!(
     concurrent_exchanges_of_one_token_open_one_session,
     members_registered_from_phase_4_get_native_ids,
     double_writes_are_gone_in_phase_5,
+    double_writes_and_exchanges_are_noted_within_a_second,
 );
 
 /// Puts the stored phase at `phase`, as a move would.
@@ -260,4 +264,51 @@ async fn double_writes_are_gone_in_phase_5(backend: Backend) {
             .unwrap(),
         "gone"
     );
+}
+
+async fn double_writes_and_exchanges_are_noted_within_a_second(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let s = &h.service;
+    let last = || async { h.store.last_legacy_activity().await.unwrap() };
+    assert_eq!(last().await, LastLegacyActivity::default());
+
+    let start = h.clock.now_ms();
+    s.upsert_legacy(legacy(42, "taro@example.com", 1))
+        .await
+        .unwrap();
+    assert_eq!(last().await.double_write, Some(start));
+    // Within the second, a replica does not write again; after it, it does.
+    h.clock.advance(Duration::from_millis(600));
+    s.upsert_legacy(legacy(42, "taro@example.com", 2))
+        .await
+        .unwrap();
+    assert_eq!(last().await.double_write, Some(start));
+    h.clock.advance(Duration::from_millis(600));
+    s.delete_legacy(42, 3).await.unwrap();
+    assert_eq!(last().await.double_write, Some(start + 1200));
+    assert_eq!(last().await.token_exchange, None);
+
+    // An exchange attempt counts even when refused: someone holds a legacy token.
+    s.upsert_legacy(legacy(43, "jiro@example.com", 1))
+        .await
+        .unwrap();
+    s.exchange_legacy_session(43, &[7u8; 32], "web")
+        .await
+        .unwrap();
+    assert_eq!(last().await.token_exchange, Some(start + 1200));
+    // Past the retry window: refused, and noted.
+    h.clock.advance(Duration::from_secs(60));
+    assert!(
+        s.exchange_legacy_session(43, &[7u8; 32], "web")
+            .await
+            .is_err()
+    );
+    assert_eq!(last().await.token_exchange, Some(start + 61_200));
+
+    // The stored time only grows: another replica's older note changes nothing.
+    h.store
+        .note_legacy_activity(LegacyActivity::DoubleWrite, start)
+        .await
+        .unwrap();
+    assert_eq!(last().await.double_write, Some(start + 1200));
 }

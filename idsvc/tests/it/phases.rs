@@ -31,6 +31,7 @@ on_both_backends!(
     moves_compare_the_generation_and_pass_their_checks_or_are_forced,
     watchers_see_changes_at_once_from_any_replica_and_keepalives_between,
     the_write_fence_lifts_once_every_live_gateway_follows,
+    the_move_to_5_waits_until_legacy_is_quiet,
     a_replica_keeps_the_heartbeats_it_received_in_bounded_memory,
     a_replica_that_cannot_read_the_phase_stops_vouching_for_it,
 );
@@ -102,6 +103,7 @@ fn settings() -> PhaseSettings {
         native_id_start: 1_000_000,
         native_id_margin: 1_000,
         validation_max_age: Duration::from_secs(3600),
+        legacy_quiet: Duration::from_secs(3600),
     }
 }
 
@@ -549,6 +551,118 @@ async fn moves_compare_the_generation_and_pass_their_checks_or_are_forced(backen
     assert_eq!(checked.checks.len(), 1);
     assert!(checked.ready);
     assert_eq!(checked.from_phase, 3);
+    shutdown.cancel();
+}
+
+async fn the_move_to_5_waits_until_legacy_is_quiet(backend: Backend) {
+    use idsvc::domain::phase::LegacyActivity::{DoubleWrite, TokenExchange};
+    use idsvc::domain::{Clock, SystemClock};
+    let h = Harness::new(backend).await;
+    let legacy_url = legacy(Arc::new(AtomicI64::new(5_000))).await;
+    let shutdown = CancellationToken::new();
+    let mut c = client(&serve(&h, Some(&legacy_url), &shutdown).await).await;
+    validated(&h, true, Duration::ZERO).await;
+    for (target, generation) in [(1, 1), (2, 2), (3, 3), (4, 4)] {
+        c.report_phase(as_(GATEWAY, report("gw-1", generation, 0)))
+            .await
+            .unwrap();
+        c.set_phase(as_(ALICE, set(target, 0, generation, "on")))
+            .await
+            .unwrap();
+    }
+    // The gateway follows 4's fenced generation: lifted as generation 6.
+    c.report_phase(as_(GATEWAY, report("gw-1", 5, 0)))
+        .await
+        .unwrap();
+    c.report_phase(as_(GATEWAY, report("gw-1", 6, 0)))
+        .await
+        .unwrap();
+    let quiet = async |c: &mut PhasesClient<Channel>| {
+        let checked = c
+            .check_phase(as_(
+                EVE,
+                pb::CheckPhaseRequest {
+                    target: 5,
+                    weight: 0,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let check = checked
+            .checks
+            .into_iter()
+            .find(|c| c.name == "legacy-quiet")
+            .unwrap();
+        (check.pass, check.figure)
+    };
+    assert_eq!(
+        quiet(&mut c).await,
+        (
+            true,
+            "last double write never, last legacy token exchange never \
+             (both at least 60 min ago)"
+                .to_owned()
+        )
+    );
+    // Stored by the wall clock, as idsvc's double writes and exchanges are.
+    let ago = |minutes: i64| SystemClock.now_ms() - minutes * 60_000;
+    h.store
+        .note_legacy_activity(TokenExchange, ago(180))
+        .await
+        .unwrap();
+    h.store
+        .note_legacy_activity(DoubleWrite, ago(120))
+        .await
+        .unwrap();
+    assert_eq!(
+        quiet(&mut c).await,
+        (
+            true,
+            "last double write 2 h ago, last legacy token exchange 3 h ago \
+             (both at least 60 min ago)"
+                .to_owned()
+        )
+    );
+    h.store
+        .note_legacy_activity(DoubleWrite, ago(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        quiet(&mut c).await,
+        (
+            false,
+            "last double write 10 min ago, last legacy token exchange 3 h ago \
+             (both at least 60 min ago)"
+                .to_owned()
+        )
+    );
+    let refused = c
+        .set_phase(as_(ALICE, set(5, 0, 6, "legacy retired")))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused
+            .message()
+            .contains("legacy-quiet (last double write 10 min ago"),
+        "{}",
+        refused.message()
+    );
+    // An operator who knows why (a batch job still writing to legacy,
+    // switched off now) forces it, and the history says so.
+    let forced = pb::SetPhaseRequest {
+        force: true,
+        ..set(5, 0, 6, "legacy's nightly batch was the writer; it is off")
+    };
+    c.set_phase(as_(ALICE, forced)).await.unwrap();
+    let history = c
+        .phase_history(as_(EVE, pb::PhaseHistoryRequest { limit: 1 }))
+        .await
+        .unwrap()
+        .into_inner()
+        .changes;
+    assert_eq!((history[0].to_phase, history[0].forced), (5, true));
     shutdown.cancel();
 }
 

@@ -34,7 +34,7 @@ pub struct LegacyUser {
 impl IdentityService {
     /// Double write: upsert by legacy id, newest version wins.
     pub async fn upsert_legacy(&self, legacy: LegacyUser) -> Result<(UpsertOutcome, i64)> {
-        self.double_writes_open().await?;
+        self.accept_double_write().await?;
         let (row, email_nonconformity) = self.legacy_row_flagged(&legacy, self.clock.now_ms())?;
         if let Some(reason) = email_nonconformity {
             flag_nonconforming_email(legacy.id, "double_write", reason);
@@ -128,7 +128,7 @@ impl IdentityService {
     /// the stored one is ignored.
     pub async fn delete_legacy(&self, id: UserId, version: i64) -> Result<()> {
         validate_legacy_ids(id, version)?;
-        self.double_writes_open().await?;
+        self.accept_double_write().await?;
         let now = self.clock.now_ms();
         self.store.delete_user(id, version, now).await?;
         Ok(())

@@ -13,7 +13,7 @@ mod tokens;
 pub use legacy::{LegacyFields, LegacyUser, flag_nonconforming_email};
 pub use register::{IdempotencyKey, REGISTRATION_KEY_TTL};
 
-use super::phase::Phase;
+use super::phase::{LegacyActivity, LegacyActivityRecorder, Phase};
 use super::{
     Clock, Email, Error, Millis, Password, Phone, Result, SealedPii, Store, ThrottlePolicy, UserId,
     UserRow,
@@ -148,6 +148,7 @@ pub struct IdentityService {
     signer: TokenSigner,
     hashing: HashingPool,
     policy: Policy,
+    legacy_activity: LegacyActivityRecorder,
     /// Verified when no account has the email, so that case costs the same.
     dummy_hash: String,
 }
@@ -162,6 +163,7 @@ impl IdentityService {
     ) -> anyhow::Result<Self> {
         let dummy_hash = hashing.params().hash(&token_crypto::new_refresh_secret())?;
         Ok(Self {
+            legacy_activity: LegacyActivityRecorder::new(store.clone(), clock.clone()),
             store,
             clock,
             sealer: PiiSealer::new(keys)?,
@@ -211,13 +213,14 @@ impl IdentityService {
     }
 
     /// Double writes end with legacy: refused once migration is complete.
-    async fn double_writes_open(&self) -> Result<()> {
+    /// One accepted is legacy activity, which the move to 5 waits out.
+    async fn accept_double_write(&self) -> Result<()> {
         if self.phase().await? == Some(Phase::Complete) {
             return Err(Error::Gone(
                 "migration is complete (phase 5): legacy's double writes are retired",
             ));
         }
-        Ok(())
+        self.legacy_activity.note(LegacyActivity::DoubleWrite).await
     }
 
     async fn hash(&self, password: Password) -> Result<String> {

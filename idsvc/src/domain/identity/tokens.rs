@@ -2,6 +2,7 @@
 
 use super::{IdentityService, TokenPair, millis};
 use crate::crypto::tokens::{self, AUDIENCE, AccessClaims, ISSUER};
+use crate::domain::phase::LegacyActivity;
 use crate::domain::{
     Error, ExchangeOutcome, LegacyExchange, Millis, NewRefreshToken, Result, RotateOutcome,
     Rotation, UserId,
@@ -97,6 +98,9 @@ impl IdentityService {
         if user_id <= 0 || self.store.user(user_id).await?.is_none() {
             return Err(Error::InvalidToken);
         }
+        self.legacy_activity
+            .note(LegacyActivity::TokenExchange)
+            .await?;
         // Logged only; the gateway names its clients, but bound what reaches the log.
         let client_id: String = client_id.chars().take(64).collect();
         let client_id = client_id.as_str();

@@ -37,6 +37,11 @@ pub const DEFAULT_NATIVE_ID_MARGIN: i64 = 1_000_000;
 /// the data double writes have kept in step since.
 pub const DEFAULT_VALIDATION_MAX_AGE_MS: u64 = 24 * 3600 * 1000;
 
+/// The move to phase 5 needs no double write received and no legacy refresh
+/// token exchanged for this long: an hour of silence at the traffic of a
+/// live shop means no one still writes to legacy or holds its tokens.
+pub const DEFAULT_LEGACY_QUIET_MS: u64 = 3600 * 1000;
+
 /// Heartbeats older than this are deleted.
 const REPORT_RETENTION: Duration = Duration::from_secs(3600);
 /// Gateways whose heartbeats a replica keeps in memory: far more than a
@@ -51,6 +56,7 @@ pub struct PhaseSettings {
     pub native_id_start: i64,
     pub native_id_margin: i64,
     pub validation_max_age: Duration,
+    pub legacy_quiet: Duration,
 }
 
 impl Default for PhaseSettings {
@@ -62,6 +68,7 @@ impl Default for PhaseSettings {
             native_id_start: DEFAULT_NATIVE_ID_START,
             native_id_margin: DEFAULT_NATIVE_ID_MARGIN,
             validation_max_age: Duration::from_millis(DEFAULT_VALIDATION_MAX_AGE_MS),
+            legacy_quiet: Duration::from_millis(DEFAULT_LEGACY_QUIET_MS),
         }
     }
 }
@@ -379,6 +386,9 @@ impl PhaseService {
         if to == Phase::Writes && kind == MoveKind::Forward {
             checks.push(self.id_range_check().await);
         }
+        if to == Phase::Complete {
+            checks.push(self.legacy_quiet_check().await?);
+        }
         Ok((checks, Some((to, weight, kind))))
     }
 
@@ -409,6 +419,33 @@ impl PhaseService {
                 last.missing,
                 last.extra,
                 last.different,
+            ),
+        ))
+    }
+
+    /// Nothing has come from legacy for `legacy_quiet`: no double write,
+    /// no legacy refresh token exchanged.
+    async fn legacy_quiet_check(&self) -> Result<Check> {
+        let last = self.store.last_legacy_activity().await?;
+        let now = self.clock.now_ms();
+        let quiet = millis(self.settings.legacy_quiet);
+        let seen = |at: Option<Millis>| match at {
+            None => (true, "never".to_owned()),
+            Some(at) => {
+                let age = now.saturating_sub(at).max(0);
+                let age_text = human_age(Duration::from_millis(age.unsigned_abs()));
+                (age >= quiet, format!("{age_text} ago"))
+            }
+        };
+        let (writes_quiet, write_age) = seen(last.double_write);
+        let (exchanges_quiet, exchange_age) = seen(last.token_exchange);
+        Ok(Check::new(
+            "legacy-quiet",
+            writes_quiet && exchanges_quiet,
+            format!(
+                "last double write {write_age}, last legacy token exchange {exchange_age} \
+                 (both at least {} ago)",
+                human_age(self.settings.legacy_quiet)
             ),
         ))
     }

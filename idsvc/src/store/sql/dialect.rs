@@ -47,6 +47,20 @@ impl Dialect {
         }
     }
 
+    /// Raises a kind's latest legacy activity, never lowers it.
+    pub(super) fn raise_legacy_activity(self) -> &'static str {
+        match self {
+            Self::Sqlite => {
+                "INSERT INTO legacy_activity (kind, last_at) VALUES (?, ?) \
+                 ON CONFLICT (kind) DO UPDATE SET last_at = MAX(last_at, excluded.last_at)"
+            }
+            Self::MySql => {
+                "INSERT INTO legacy_activity (kind, last_at) VALUES (?, ?) \
+                 ON DUPLICATE KEY UPDATE last_at = GREATEST(last_at, VALUES(last_at))"
+            }
+        }
+    }
+
     /// Replaces a gateway's heartbeat row.
     pub(super) fn upsert_gateway_report(self) -> &'static str {
         match self {

@@ -3,7 +3,10 @@
 //! `users`, `sessions`, `throttle` and `audit`, and what the two backends
 //! spell differently in `dialect`.
 
-use crate::domain::phase::{GatewayReport, LastValidation, PhaseChange, PhaseState, PhaseSwap};
+use crate::domain::phase::{
+    GatewayReport, LastLegacyActivity, LastValidation, LegacyActivity, PhaseChange, PhaseState,
+    PhaseSwap,
+};
 use crate::domain::{
     ExchangeOutcome, LegacyExchange, Millis, NewRefreshToken, NewUser, Registration, RotateOutcome,
     Rotation, Sealer, SecurityEvent, Store, StoreResult, ThrottleState, Tombstone, UpsertOutcome,
@@ -290,5 +293,13 @@ impl Store for SqlStore {
 
     async fn latest_validation(&self) -> StoreResult<Option<LastValidation>> {
         phase::latest_validation(self).await
+    }
+
+    async fn note_legacy_activity(&self, kind: LegacyActivity, at: Millis) -> StoreResult<()> {
+        phase::note_legacy_activity(self, kind, at).await
+    }
+
+    async fn last_legacy_activity(&self) -> StoreResult<LastLegacyActivity> {
+        phase::last_legacy_activity(self).await
     }
 }

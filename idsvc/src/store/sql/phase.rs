@@ -3,7 +3,8 @@
 
 use super::SqlStore;
 use crate::domain::phase::{
-    GatewayReport, LastValidation, Phase, PhaseChange, PhaseState, PhaseSwap,
+    GatewayReport, LastLegacyActivity, LastValidation, LegacyActivity, Phase, PhaseChange,
+    PhaseState, PhaseSwap,
 };
 use crate::domain::{Millis, StoreError, StoreResult};
 use sqlx::Row;
@@ -236,4 +237,35 @@ pub(super) async fn latest_validation(store: &SqlStore) -> StoreResult<Option<La
         })
     })
     .transpose()
+}
+
+pub(super) async fn note_legacy_activity(
+    store: &SqlStore,
+    kind: LegacyActivity,
+    at: Millis,
+) -> StoreResult<()> {
+    let _writer = store.writer().await;
+    sqlx::query(store.dialect.raise_legacy_activity())
+        .bind(kind.as_str())
+        .bind(at)
+        .execute(&store.pool)
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn last_legacy_activity(store: &SqlStore) -> StoreResult<LastLegacyActivity> {
+    let rows = sqlx::query("SELECT kind, last_at FROM legacy_activity")
+        .fetch_all(&store.pool)
+        .await?;
+    let mut last = LastLegacyActivity::default();
+    for row in rows {
+        let kind: String = row.try_get(0)?;
+        let at: Millis = row.try_get(1)?;
+        if kind == LegacyActivity::DoubleWrite.as_str() {
+            last.double_write = Some(at);
+        } else if kind == LegacyActivity::TokenExchange.as_str() {
+            last.token_exchange = Some(at);
+        }
+    }
+    Ok(last)
 }
