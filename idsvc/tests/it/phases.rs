@@ -195,6 +195,22 @@ fn set(target: u32, weight: u32, expected: u64, reason: &str) -> pb::SetPhaseReq
     }
 }
 
+/// One check of the move to `target` at `weight`: passing, and its figure.
+async fn check_of(
+    c: &mut PhasesClient<Channel>,
+    target: u32,
+    weight: u32,
+    name: &str,
+) -> (bool, String) {
+    let checked = c
+        .check_phase(as_(EVE, pb::CheckPhaseRequest { target, weight }))
+        .await
+        .unwrap()
+        .into_inner();
+    let check = checked.checks.into_iter().find(|c| c.name == name).unwrap();
+    (check.pass, check.figure)
+}
+
 fn report(id: &str, generation: u64, writes_in_flight: u32) -> pb::PhaseReport {
     pb::PhaseReport {
         gateway_id: id.to_owned(),
@@ -418,25 +434,8 @@ async fn moves_compare_the_generation_and_pass_their_checks_or_are_forced(backen
 
     // Into 2 only after a recent passing validation: none, a failed one,
     // a passing one too old; the figure says which.
-    let validation = async |c: &mut PhasesClient<Channel>| {
-        let checked = c
-            .check_phase(as_(
-                EVE,
-                pb::CheckPhaseRequest {
-                    target: 2,
-                    weight: 10,
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        let check = checked
-            .checks
-            .into_iter()
-            .find(|c| c.name == "validation-passed")
-            .unwrap();
-        (check.pass, check.figure)
-    };
+    let validation =
+        async |c: &mut PhasesClient<Channel>| check_of(c, 2, 10, "validation-passed").await;
     assert_eq!(
         validation(&mut c).await,
         (false, "no `idbase migrate validate` recorded".to_owned())
@@ -577,25 +576,7 @@ async fn the_move_to_5_waits_until_legacy_is_quiet(backend: Backend) {
     c.report_phase(as_(GATEWAY, report("gw-1", 6, 0)))
         .await
         .unwrap();
-    let quiet = async |c: &mut PhasesClient<Channel>| {
-        let checked = c
-            .check_phase(as_(
-                EVE,
-                pb::CheckPhaseRequest {
-                    target: 5,
-                    weight: 0,
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        let check = checked
-            .checks
-            .into_iter()
-            .find(|c| c.name == "legacy-quiet")
-            .unwrap();
-        (check.pass, check.figure)
-    };
+    let quiet = async |c: &mut PhasesClient<Channel>| check_of(c, 5, 0, "legacy-quiet").await;
     assert_eq!(
         quiet(&mut c).await,
         (
