@@ -64,6 +64,9 @@ pub struct CutoverOptions<'a> {
     pub gateway_args: &'a [&'a str],
     /// Members the emulator seeds (`--seed-members`).
     pub seed_members: u32,
+    /// Legacy double-writes through the first gateway; `false` stands for a
+    /// legacy whose double writes were never switched on.
+    pub double_writes: bool,
 }
 
 /// One gateway of a [`Cutover`].
@@ -258,23 +261,31 @@ impl Cutover {
         // Legacy double-writes through the first gateway and verifies idbase
         // access tokens against its JWKS.
         let first = gateways.first().context("a cutover needs a gateway")?;
-        let legacy_args: Vec<String> = [
-            "--database-url",
-            legacy_database.url(),
+        let double_write = [
             "--double-write-to",
             &first.url,
             "--client-token-file",
             &internal_token.display().to_string(),
-            "--jwks-url",
-            &format!("{}/.well-known/jwks.json", first.url),
-            "--gateway-token-file",
-            &legacy_token.display().to_string(),
-            "--seed-members",
-            &options.seed_members.to_string(),
-        ]
-        .iter()
-        .map(|a| (*a).to_owned())
-        .collect();
+        ];
+        let double_write = if options.double_writes {
+            &double_write[..]
+        } else {
+            &[]
+        };
+        let legacy_args: Vec<String> = double_write
+            .iter()
+            .chain(&[
+                "--database-url",
+                legacy_database.url(),
+                "--jwks-url",
+                &format!("{}/.well-known/jwks.json", first.url),
+                "--gateway-token-file",
+                &legacy_token.display().to_string(),
+                "--seed-members",
+                &options.seed_members.to_string(),
+            ])
+            .map(|a| (*a).to_owned())
+            .collect();
         let legacy = LegacyEmulator::start(&legacy_args, legacy_listener)?;
         wait_listening(&legacy_addr).await?;
         for gateway in &gateways {
@@ -341,13 +352,23 @@ impl Cutover {
             .map(tonic::Response::into_inner))
     }
 
-    /// CheckPhase's checks of the move to `target` at `weight`.
-    pub async fn check(&self, target: u32, weight: u32) -> anyhow::Result<Vec<pb::PhaseCheck>> {
+    /// The check `name` of the move to `target` at `weight`, as CheckPhase answers.
+    pub async fn check(
+        &self,
+        target: u32,
+        weight: u32,
+        name: &str,
+    ) -> anyhow::Result<pb::PhaseCheck> {
         let mut admin = self.admin().await?;
         let checked = admin
             .check_phase(pb::CheckPhaseRequest { target, weight })
             .await?;
-        Ok(checked.into_inner().checks)
+        checked
+            .into_inner()
+            .checks
+            .into_iter()
+            .find(|check| check.name == name)
+            .with_context(|| format!("the move to {target} has no check {name}"))
     }
 
     /// Waits until CheckPhase finds the move to `target` at `weight` ready

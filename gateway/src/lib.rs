@@ -115,6 +115,7 @@ pub fn router_with(config: GatewayConfig, cutover_config: CutoverConfig) -> anyh
         let follower = Follower::new(follow.stale_after);
         let reported = Reported {
             writes: Arc::clone(&cutover.writes),
+            legacy_writes: Arc::clone(&cutover.legacy_writes),
             upstream: upstream.clone(),
             legacy: cutover.legacy.clone(),
         };

@@ -8,8 +8,8 @@ use crate::crypto::legacy_hash::LegacyHashLimits;
 use crate::crypto::password::DEFAULT_ARGON2_QUEUE;
 use crate::domain::phase::{
     DEFAULT_GATEWAY_REPORT_TTL_MS, DEFAULT_LEGACY_QUIET_MS, DEFAULT_NATIVE_ID_MARGIN,
-    DEFAULT_NATIVE_ID_START, DEFAULT_PHASE_KEEPALIVE_MS, DEFAULT_PHASE_POLL_MS,
-    DEFAULT_VALIDATION_MAX_AGE_MS, LegacyProbe, PhaseSettings,
+    DEFAULT_NATIVE_ID_START, DEFAULT_PARITY_WINDOW_MS, DEFAULT_PHASE_KEEPALIVE_MS,
+    DEFAULT_PHASE_POLL_MS, DEFAULT_VALIDATION_MAX_AGE_MS, LegacyProbe, PhaseSettings,
 };
 use crate::domain::{
     DEFAULT_ACCESS_TTL_SECS, DEFAULT_CREDENTIAL_FAILURE_FLOOR_MS, DEFAULT_EMAIL_FAILURE_FACTOR,
@@ -28,6 +28,9 @@ use std::time::Duration;
 pub const DEFAULT_GRPC: &str = "127.0.0.1:50051";
 /// Admin gRPC address: the next port, loopback for the same reason.
 pub const DEFAULT_ADMIN_GRPC: &str = "127.0.0.1:50052";
+/// The legacy traffic counts the parity and quiet windows read are kept
+/// this long.
+const MAX_LEGACY_WINDOW_MS: u64 = crate::domain::phase::LEGACY_TRAFFIC_RETENTION_MS.unsigned_abs();
 
 /// What the ID service runs with, apart from where it listens: its rules
 /// and its password hashing.
@@ -236,9 +239,14 @@ pub struct PhaseArgs {
     /// Forward moves into phases 2–4 need a passing `migrate validate` at most this many milliseconds old.
     #[arg(long, env = "IDBASE_VALIDATION_MAX_AGE_MS", default_value_t = DEFAULT_VALIDATION_MAX_AGE_MS)]
     pub validation_max_age_ms: u64,
-    /// The move to phase 5 needs no double write received and no legacy token exchanged for this many milliseconds.
-    #[arg(long, env = "IDBASE_LEGACY_QUIET_MS", default_value_t = DEFAULT_LEGACY_QUIET_MS)]
+    /// The move to phase 5 needs no double write received and no legacy token exchanged for this many milliseconds (at most 30 days).
+    #[arg(long, env = "IDBASE_LEGACY_QUIET_MS", default_value_t = DEFAULT_LEGACY_QUIET_MS,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_LEGACY_WINDOW_MS))]
     pub legacy_quiet_ms: u64,
+    /// Forward moves into phases 2–4 need as many double writes received as member writes the gateways proxied to legacy over this many milliseconds (1 s to 30 days).
+    #[arg(long, env = "IDBASE_PARITY_WINDOW_MS", default_value_t = DEFAULT_PARITY_WINDOW_MS,
+          value_parser = clap::value_parser!(u64).range(1000..=MAX_LEGACY_WINDOW_MS))]
+    pub parity_window_ms: u64,
     /// Legacy API base URL, only for the checks of a phase move (legacy-reachable, id-range-margin).
     #[arg(long, env = "IDBASE_LEGACY_URL")]
     pub legacy_url: Option<String>,
@@ -261,6 +269,7 @@ impl PhaseArgs {
             native_id_margin: self.native_id_margin,
             validation_max_age: Duration::from_millis(self.validation_max_age_ms),
             legacy_quiet: Duration::from_millis(self.legacy_quiet_ms),
+            parity_window: Duration::from_millis(self.parity_window_ms),
         }
     }
 }

@@ -213,6 +213,8 @@ impl Follower {
 pub struct Reported {
     /// Writes in flight, kept by the request path.
     pub writes: Arc<AtomicU32>,
+    /// Member writes legacy acknowledged, not yet reported.
+    pub legacy_writes: Arc<AtomicU64>,
     pub upstream: Upstream,
     pub legacy: Option<Legacy>,
 }
@@ -384,6 +386,9 @@ async fn check_legacy(legacy: Legacy, up: Arc<AtomicU8>, stop: CancellationToken
     }
 }
 
+/// What idsvc accepts in one report; more waits for the next.
+const MAX_LEGACY_WRITES_PER_REPORT: u64 = 10_000_000;
+
 async fn report(
     follower: Arc<Follower>,
     mut dial: Dial,
@@ -418,20 +423,40 @@ async fn report(
             (false, _) | (true, UNKNOWN) => None,
             (true, seen) => Some(seen == UP),
         };
+        // Taken now, given back unless idsvc took the report: a report lost
+        // after idsvc counted it counts twice, which shows as a parity gap
+        // (the safe side), never hides one.
+        let pending = reported.legacy_writes.swap(0, Ordering::AcqRel);
+        let legacy_writes = pending.min(MAX_LEGACY_WRITES_PER_REPORT);
         let request = dial.request(pb::PhaseReport {
             gateway_id: dial.gateway_id.clone(),
             generation: state.generation,
             writes_in_flight: reported.writes.load(Ordering::Acquire),
             idsvc,
             legacy_reachable,
+            legacy_writes,
         });
         let sent = tokio::time::timeout(REPORT_INTERVAL * 2, dial.client.report_phase(request));
-        match sent.await {
-            Ok(Ok(_)) => {}
+        let taken = match sent.await {
+            Ok(Ok(_)) => true,
             Ok(Err(status)) => {
                 tracing::debug!(code = ?status.code(), "phase report refused or lost");
+                false
             }
-            Err(_) => tracing::debug!("phase report timed out"),
+            Err(_) => {
+                tracing::debug!("phase report timed out");
+                false
+            }
+        };
+        let unreported = if taken {
+            pending - legacy_writes
+        } else {
+            pending
+        };
+        if unreported > 0 {
+            reported
+                .legacy_writes
+                .fetch_add(unreported, Ordering::AcqRel);
         }
     }
 }

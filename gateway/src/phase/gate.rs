@@ -26,7 +26,7 @@ use idbase_proto::ProblemType;
 use idbase_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 
@@ -37,6 +37,9 @@ pub struct Cutover {
     pub follower: Option<Arc<Follower>>,
     /// Member writes in flight, to either side.
     pub writes: Arc<AtomicU32>,
+    /// Member writes proxied to legacy in phases 1–3 that legacy
+    /// acknowledged, not yet reported (double-write parity).
+    pub legacy_writes: Arc<AtomicU64>,
     /// Stops the follower's tasks once the last copy of the state is gone.
     pub stop: Option<Arc<DropGuard>>,
 }
@@ -176,11 +179,14 @@ async fn gate(state: AppState, route: Route, request: Request, next: Next) -> Re
     let number = Some(phase.phase);
     match decision {
         Decision::To(Side::Idbase) => routed(next.run(request).await, "idbase", number),
-        Decision::To(Side::Legacy) => routed(
-            legacy.forward(request, &client, phase.phase).await,
-            "legacy",
-            number,
-        ),
+        Decision::To(Side::Legacy) => {
+            let answer = legacy.forward(request, &client, phase.phase).await;
+            // From phase 1 legacy double-writes every member write it takes.
+            if route.is_fenced_write() && phase.phase >= 1 && answer.status().is_success() {
+                cutover.legacy_writes.fetch_add(1, Ordering::Relaxed);
+            }
+            routed(answer, "legacy", number)
+        }
         Decision::Exchange => {
             let token = field("refresh_token").unwrap_or_default();
             let rid = request

@@ -2,8 +2,7 @@
 //! this trait; the domain never sees SQL.
 
 use super::phase::{
-    GatewayReport, LastLegacyActivity, LastValidation, LegacyActivity, PhaseChange, PhaseState,
-    PhaseSwap,
+    GatewayReport, LastValidation, LegacyTraffic, PhaseChange, PhaseState, PhaseSwap,
 };
 use async_trait::async_trait;
 
@@ -277,10 +276,19 @@ pub trait Store: Send + Sync + 'static {
     async fn purge_gateway_reports(&self, before: Millis) -> StoreResult<u64>;
     /// The newest `migrate validate` run; `None` before the first.
     async fn latest_validation(&self) -> StoreResult<Option<LastValidation>>;
-    /// Raises the stored time of `kind` to `at` (never lowers it).
-    async fn note_legacy_activity(&self, kind: LegacyActivity, at: Millis) -> StoreResult<()>;
-    /// The latest stored time of each kind.
-    async fn last_legacy_activity(&self) -> StoreResult<LastLegacyActivity>;
+    /// Adds `n` to the count of `kind` in the Unix second `second`.
+    async fn count_legacy_traffic(
+        &self,
+        kind: LegacyTraffic,
+        second: i64,
+        n: i64,
+    ) -> StoreResult<()>;
+    /// The sum of `kind`'s counts from the Unix second `since` on.
+    async fn legacy_traffic_since(&self, kind: LegacyTraffic, since: i64) -> StoreResult<i64>;
+    /// The last Unix second with a count of `kind`; `None` when there is none.
+    async fn last_legacy_traffic(&self, kind: LegacyTraffic) -> StoreResult<Option<i64>>;
+    /// Deletes the counts of seconds before `before`.
+    async fn purge_legacy_traffic(&self, before: i64) -> StoreResult<u64>;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

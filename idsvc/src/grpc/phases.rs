@@ -19,6 +19,10 @@ use tracing::{info, warn};
 
 /// The longest gateway id kept (it names a row in `gateway_reports`).
 const MAX_GATEWAY_ID_CHARS: usize = 128;
+/// More than a gateway proxies between two reports (500 ms apart, or a few
+/// minutes' worth held back while idsvc was away); a bound on what one call
+/// can add to the parity counts.
+const MAX_PROXIED_WRITES_PER_REPORT: u64 = 10_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Rpc {
@@ -189,15 +193,21 @@ fn change(change: PhaseChange) -> pb::PhaseChange {
     }
 }
 
-fn report(report: pb::PhaseReport) -> Result<GatewayReport, Status> {
+/// The heartbeat, and the member writes proxied to legacy since the last.
+fn report(report: pb::PhaseReport) -> Result<(GatewayReport, u64), Status> {
     let gateway_id = report.gateway_id.trim();
     if gateway_id.is_empty() || gateway_id.chars().count() > MAX_GATEWAY_ID_CHARS {
         return Err(Status::invalid_argument(format!(
             "gateway_id must be 1 to {MAX_GATEWAY_ID_CHARS} characters"
         )));
     }
+    if report.legacy_writes > MAX_PROXIED_WRITES_PER_REPORT {
+        return Err(Status::invalid_argument(format!(
+            "legacy_writes must be at most {MAX_PROXIED_WRITES_PER_REPORT}"
+        )));
+    }
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    Ok(GatewayReport {
+    let heartbeat = GatewayReport {
         gateway_id: gateway_id.to_owned(),
         generation: report.generation,
         writes_in_flight: report.writes_in_flight,
@@ -205,7 +215,8 @@ fn report(report: pb::PhaseReport) -> Result<GatewayReport, Status> {
         endpoints_serving: count(report.idsvc.iter().filter(|e| e.serving).count()),
         legacy_reachable: report.legacy_reachable,
         reported_at: 0,
-    })
+    };
+    Ok((heartbeat, report.legacy_writes))
 }
 
 type PhaseStream = Pin<Box<dyn Stream<Item = Result<pb::PhaseState, Status>> + Send>>;
@@ -346,7 +357,11 @@ impl Phases for PhasesGrpc {
     ) -> Result<Response<pb::Empty>, Status> {
         let who = self.authorize(&request, Rpc::ReportPhase).await?;
         let result = match report(request.into_inner()) {
-            Ok(report) => self.phases.report(report).await.map_err(Status::from),
+            Ok((report, proxied)) => self
+                .phases
+                .report(report, proxied)
+                .await
+                .map_err(Status::from),
             Err(status) => Err(status),
         };
         match result {

@@ -5,9 +5,7 @@
 
 use crate::conformance::principal_of;
 use crate::harness::{Backend, Harness};
-use idsvc::domain::phase::{
-    LastLegacyActivity, LegacyActivity, Phase, PhaseChange, PhaseState, PhaseSwap,
-};
+use idsvc::domain::phase::{LegacyTraffic, Phase, PhaseChange, PhaseState, PhaseSwap};
 use idsvc::domain::{Clock, Error, LegacyUser, Policy, Store, UpsertOutcome};
 use sqlx::Row;
 use std::time::Duration;
@@ -19,7 +17,7 @@ on_both_backends!(
     concurrent_exchanges_of_one_token_open_one_session,
     members_registered_from_phase_4_get_native_ids,
     double_writes_are_gone_in_phase_5,
-    double_writes_and_exchanges_are_noted_within_a_second,
+    double_writes_and_exchanges_are_counted,
 );
 
 /// Puts the stored phase at `phase`, as a move would.
@@ -266,27 +264,28 @@ async fn double_writes_are_gone_in_phase_5(backend: Backend) {
     );
 }
 
-async fn double_writes_and_exchanges_are_noted_within_a_second(backend: Backend) {
+async fn double_writes_and_exchanges_are_counted(backend: Backend) {
+    use LegacyTraffic::{DoubleWrite, ProxiedWrite, TokenExchange};
     let h = Harness::new(backend).await;
     let s = &h.service;
-    let last = || async { h.store.last_legacy_activity().await.unwrap() };
-    assert_eq!(last().await, LastLegacyActivity::default());
+    let last = async |kind| h.store.last_legacy_traffic(kind).await.unwrap();
+    let since = async |kind, second| h.store.legacy_traffic_since(kind, second).await.unwrap();
+    assert_eq!(last(DoubleWrite).await, None);
+    assert_eq!(since(DoubleWrite, 0).await, 0);
 
-    let start = h.clock.now_ms();
+    let start = h.clock.now_ms() / 1000;
     s.upsert_legacy(legacy(42, "taro@example.com", 1))
         .await
         .unwrap();
-    assert_eq!(last().await.double_write, Some(start));
-    // Within the second, a replica does not write again; after it, it does.
-    h.clock.advance(Duration::from_millis(600));
     s.upsert_legacy(legacy(42, "taro@example.com", 2))
         .await
         .unwrap();
-    assert_eq!(last().await.double_write, Some(start));
-    h.clock.advance(Duration::from_millis(600));
+    h.clock.advance(Duration::from_secs(1));
     s.delete_legacy(42, 3).await.unwrap();
-    assert_eq!(last().await.double_write, Some(start + 1200));
-    assert_eq!(last().await.token_exchange, None);
+    assert_eq!(last(DoubleWrite).await, Some(start + 1));
+    assert_eq!(since(DoubleWrite, start).await, 3);
+    assert_eq!(since(DoubleWrite, start + 1).await, 1);
+    assert_eq!(last(TokenExchange).await, None);
 
     // An exchange attempt counts even when refused: someone holds a legacy token.
     s.upsert_legacy(legacy(43, "jiro@example.com", 1))
@@ -295,20 +294,17 @@ async fn double_writes_and_exchanges_are_noted_within_a_second(backend: Backend)
     s.exchange_legacy_session(43, &[7u8; 32], "web")
         .await
         .unwrap();
-    assert_eq!(last().await.token_exchange, Some(start + 1200));
-    // Past the retry window: refused, and noted.
     h.clock.advance(Duration::from_secs(60));
     assert!(
         s.exchange_legacy_session(43, &[7u8; 32], "web")
             .await
             .is_err()
     );
-    assert_eq!(last().await.token_exchange, Some(start + 61_200));
+    assert_eq!(last(TokenExchange).await, Some(start + 61));
+    assert_eq!(since(TokenExchange, start).await, 2);
+    assert_eq!(since(ProxiedWrite, start).await, 0);
 
-    // The stored time only grows: another replica's older note changes nothing.
-    h.store
-        .note_legacy_activity(LegacyActivity::DoubleWrite, start)
-        .await
-        .unwrap();
-    assert_eq!(last().await.double_write, Some(start + 1200));
+    // Counts older than the retention are purged.
+    assert_eq!(h.store.purge_legacy_traffic(start + 1).await.unwrap(), 1);
+    assert_eq!(since(DoubleWrite, 0).await, 2);
 }

@@ -32,6 +32,7 @@ on_both_backends!(
     watchers_see_changes_at_once_from_any_replica_and_keepalives_between,
     the_write_fence_lifts_once_every_live_gateway_follows,
     the_move_to_5_waits_until_legacy_is_quiet,
+    moves_into_2_to_4_need_every_proxied_write_double_written,
     a_replica_keeps_the_heartbeats_it_received_in_bounded_memory,
     a_replica_that_cannot_read_the_phase_stops_vouching_for_it,
 );
@@ -104,6 +105,7 @@ fn settings() -> PhaseSettings {
         native_id_margin: 1_000,
         validation_max_age: Duration::from_secs(3600),
         legacy_quiet: Duration::from_secs(3600),
+        parity_window: Duration::from_secs(600),
     }
 }
 
@@ -211,6 +213,12 @@ async fn check_of(
     (check.pass, check.figure)
 }
 
+/// A move refused by its checks, naming `failing` (a check and its figure).
+fn assert_refused_by(refused: &Status, failing: &str) {
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains(failing), "{}", refused.message());
+}
+
 fn report(id: &str, generation: u64, writes_in_flight: u32) -> pb::PhaseReport {
     pb::PhaseReport {
         gateway_id: id.to_owned(),
@@ -221,6 +229,7 @@ fn report(id: &str, generation: u64, writes_in_flight: u32) -> pb::PhaseReport {
             serving: true,
         }],
         legacy_reachable: Some(true),
+        legacy_writes: 0,
     }
 }
 
@@ -554,7 +563,7 @@ async fn moves_compare_the_generation_and_pass_their_checks_or_are_forced(backen
 }
 
 async fn the_move_to_5_waits_until_legacy_is_quiet(backend: Backend) {
-    use idsvc::domain::phase::LegacyActivity::{DoubleWrite, TokenExchange};
+    use idsvc::domain::phase::LegacyTraffic::{DoubleWrite, TokenExchange};
     use idsvc::domain::{Clock, SystemClock};
     let h = Harness::new(backend).await;
     let legacy_url = legacy(Arc::new(AtomicI64::new(5_000))).await;
@@ -586,16 +595,13 @@ async fn the_move_to_5_waits_until_legacy_is_quiet(backend: Backend) {
                 .to_owned()
         )
     );
-    // Stored by the wall clock, as idsvc's double writes and exchanges are.
-    let ago = |minutes: i64| SystemClock.now_ms() - minutes * 60_000;
-    h.store
-        .note_legacy_activity(TokenExchange, ago(180))
-        .await
-        .unwrap();
-    h.store
-        .note_legacy_activity(DoubleWrite, ago(120))
-        .await
-        .unwrap();
+    // Counted by the wall clock's second, as idsvc counts double writes and exchanges.
+    let ago = |minutes: i64| (SystemClock.now_ms() - minutes * 60_000).div_euclid(1000);
+    let count = async |kind, second| {
+        h.store.count_legacy_traffic(kind, second, 1).await.unwrap();
+    };
+    count(TokenExchange, ago(180)).await;
+    count(DoubleWrite, ago(120)).await;
     assert_eq!(
         quiet(&mut c).await,
         (
@@ -605,10 +611,7 @@ async fn the_move_to_5_waits_until_legacy_is_quiet(backend: Backend) {
                 .to_owned()
         )
     );
-    h.store
-        .note_legacy_activity(DoubleWrite, ago(10))
-        .await
-        .unwrap();
+    count(DoubleWrite, ago(10)).await;
     assert_eq!(
         quiet(&mut c).await,
         (
@@ -622,14 +625,7 @@ async fn the_move_to_5_waits_until_legacy_is_quiet(backend: Backend) {
         .set_phase(as_(ALICE, set(5, 0, 6, "legacy retired")))
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), Code::FailedPrecondition);
-    assert!(
-        refused
-            .message()
-            .contains("legacy-quiet (last double write 10 min ago"),
-        "{}",
-        refused.message()
-    );
+    assert_refused_by(&refused, "legacy-quiet (last double write 10 min ago");
     // An operator who knows why (a batch job still writing to legacy,
     // switched off now) forces it, and the history says so.
     let forced = pb::SetPhaseRequest {
@@ -644,6 +640,78 @@ async fn the_move_to_5_waits_until_legacy_is_quiet(backend: Backend) {
         .into_inner()
         .changes;
     assert_eq!((history[0].to_phase, history[0].forced), (5, true));
+    shutdown.cancel();
+}
+
+async fn moves_into_2_to_4_need_every_proxied_write_double_written(backend: Backend) {
+    use idsvc::domain::phase::LegacyTraffic::DoubleWrite;
+    use idsvc::domain::{Clock, SystemClock};
+    let h = Harness::new(backend).await;
+    let legacy_url = legacy(Arc::new(AtomicI64::new(5_000))).await;
+    let shutdown = CancellationToken::new();
+    let mut c = client(&serve(&h, Some(&legacy_url), &shutdown).await).await;
+    validated(&h, true, Duration::ZERO).await;
+    c.report_phase(as_(GATEWAY, report("gw-1", 1, 0)))
+        .await
+        .unwrap();
+    c.set_phase(as_(ALICE, set(1, 0, 1, "double writes on")))
+        .await
+        .unwrap();
+    assert_eq!(
+        check_of(&mut c, 2, 100, "double-write-parity").await,
+        (
+            true,
+            "0 double writes received ≥ 0 member writes proxied to legacy in the last 10 min"
+                .to_owned()
+        )
+    );
+    // The gateways proxied 5 writes legacy acknowledged; 4 came back.
+    for (gateway, writes) in [("gw-1", 3), ("gw-2", 2)] {
+        let heartbeat = pb::PhaseReport {
+            legacy_writes: writes,
+            ..report(gateway, 2, 0)
+        };
+        c.report_phase(as_(GATEWAY, heartbeat)).await.unwrap();
+    }
+    let now = SystemClock.now_ms().div_euclid(1000);
+    h.store
+        .count_legacy_traffic(DoubleWrite, now, 4)
+        .await
+        .unwrap();
+    // Outside the window (and its lead): not counted.
+    h.store
+        .count_legacy_traffic(DoubleWrite, now - 700, 50)
+        .await
+        .unwrap();
+    assert_eq!(
+        check_of(&mut c, 2, 100, "double-write-parity").await,
+        (
+            false,
+            "4 double writes received < 5 member writes proxied to legacy in the last 10 min"
+                .to_owned()
+        )
+    );
+    let refused = c
+        .set_phase(as_(ALICE, set(2, 100, 2, "internal reads")))
+        .await
+        .unwrap_err();
+    assert_refused_by(&refused, "double-write-parity (4 double writes");
+    // The lost one arrives (legacy's retry): parity, and the move.
+    h.store
+        .count_legacy_traffic(DoubleWrite, now, 1)
+        .await
+        .unwrap();
+    assert!(check_of(&mut c, 2, 100, "double-write-parity").await.0);
+    c.set_phase(as_(ALICE, set(2, 100, 2, "internal reads")))
+        .await
+        .unwrap();
+    // A report cannot add without bound to the counts.
+    let absurd = pb::PhaseReport {
+        legacy_writes: 10_000_001,
+        ..report("gw-1", 3, 0)
+    };
+    let refused = c.report_phase(as_(GATEWAY, absurd)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
     shutdown.cancel();
 }
 
@@ -852,7 +920,7 @@ async fn a_replica_keeps_the_heartbeats_it_received_in_bounded_memory(backend: B
             .await
             .unwrap();
     };
-    phases.report(heartbeat("gw-1".into())).await.unwrap();
+    phases.report(heartbeat("gw-1".into()), 0).await.unwrap();
     // The table lost it (another replica's view, a lagging reader): this
     // replica still knows the gateway it heard from.
     clear_table().await;
@@ -866,7 +934,10 @@ async fn a_replica_keeps_the_heartbeats_it_received_in_bounded_memory(backend: B
 
     // Far more gateways than a fleet: memory holds a bounded number.
     for i in 0..1100 {
-        phases.report(heartbeat(format!("gw-{i}"))).await.unwrap();
+        phases
+            .report(heartbeat(format!("gw-{i}")), 0)
+            .await
+            .unwrap();
     }
     assert_eq!(
         phases.live_gateways().await.unwrap().len(),
@@ -877,7 +948,7 @@ async fn a_replica_keeps_the_heartbeats_it_received_in_bounded_memory(backend: B
     assert_eq!(phases.live_gateways().await.unwrap().len(), 1024);
     // Once those age out, new gateways take their place.
     h.clock.advance(Duration::from_millis(1600));
-    phases.report(heartbeat("gw-new".into())).await.unwrap();
+    phases.report(heartbeat("gw-new".into()), 0).await.unwrap();
     clear_table().await;
     let live = phases.live_gateways().await.unwrap();
     assert_eq!(live.len(), 1);

@@ -5,6 +5,7 @@
 mod exchange;
 mod follow;
 mod load;
+mod parity;
 mod ramp;
 mod routing;
 
@@ -16,12 +17,21 @@ pub(crate) const SEEDED: u32 = 200;
 
 /// A cutover deployment with `gateways` gateways and the extra gateway flags.
 pub(crate) async fn start(gateways: usize, gateway_args: &[&str]) -> Cutover {
+    start_with(gateways, gateway_args, true).await
+}
+
+pub(crate) async fn start_with(
+    gateways: usize,
+    gateway_args: &[&str],
+    double_writes: bool,
+) -> Cutover {
     Cutover::start(CutoverOptions {
         binary: std::path::Path::new(env!("CARGO_BIN_EXE_idbase")),
         idsvc_args: e2e::CHEAP_ARGON2,
         gateways,
         gateway_args,
         seed_members: SEEDED,
+        double_writes,
     })
     .await
     .unwrap()

@@ -13,7 +13,7 @@ mod tokens;
 pub use legacy::{LegacyFields, LegacyUser, flag_nonconforming_email};
 pub use register::{IdempotencyKey, REGISTRATION_KEY_TTL};
 
-use super::phase::{LegacyActivity, LegacyActivityRecorder, Phase};
+use super::phase::{LegacyTraffic, LegacyTrafficCounter, Phase};
 use super::{
     Clock, Email, Error, Millis, Password, Phone, Result, SealedPii, Store, ThrottlePolicy, UserId,
     UserRow,
@@ -148,7 +148,7 @@ pub struct IdentityService {
     signer: TokenSigner,
     hashing: HashingPool,
     policy: Policy,
-    legacy_activity: LegacyActivityRecorder,
+    legacy_traffic: LegacyTrafficCounter,
     /// Verified when no account has the email, so that case costs the same.
     dummy_hash: String,
 }
@@ -163,7 +163,7 @@ impl IdentityService {
     ) -> anyhow::Result<Self> {
         let dummy_hash = hashing.params().hash(&token_crypto::new_refresh_secret())?;
         Ok(Self {
-            legacy_activity: LegacyActivityRecorder::new(store.clone(), clock.clone()),
+            legacy_traffic: LegacyTrafficCounter::new(store.clone(), clock.clone()),
             store,
             clock,
             sealer: PiiSealer::new(keys)?,
@@ -213,14 +213,16 @@ impl IdentityService {
     }
 
     /// Double writes end with legacy: refused once migration is complete.
-    /// One accepted is legacy activity, which the move to 5 waits out.
+    /// Each one received is counted (double-write parity, legacy-quiet).
     async fn accept_double_write(&self) -> Result<()> {
         if self.phase().await? == Some(Phase::Complete) {
             return Err(Error::Gone(
                 "migration is complete (phase 5): legacy's double writes are retired",
             ));
         }
-        self.legacy_activity.note(LegacyActivity::DoubleWrite).await
+        self.legacy_traffic
+            .count(LegacyTraffic::DoubleWrite, 1)
+            .await
     }
 
     async fn hash(&self, password: Password) -> Result<String> {

@@ -2,7 +2,7 @@
 
 use super::{IdentityService, TokenPair, millis};
 use crate::crypto::tokens::{self, AUDIENCE, AccessClaims, ISSUER};
-use crate::domain::phase::LegacyActivity;
+use crate::domain::phase::LegacyTraffic;
 use crate::domain::{
     Error, ExchangeOutcome, LegacyExchange, Millis, NewRefreshToken, Result, RotateOutcome,
     Rotation, UserId,
@@ -98,8 +98,8 @@ impl IdentityService {
         if user_id <= 0 || self.store.user(user_id).await?.is_none() {
             return Err(Error::InvalidToken);
         }
-        self.legacy_activity
-            .note(LegacyActivity::TokenExchange)
+        self.legacy_traffic
+            .count(LegacyTraffic::TokenExchange, 1)
             .await?;
         // Logged only; the gateway names its clients, but bound what reaches the log.
         let client_id: String = client_id.chars().take(64).collect();

@@ -2,20 +2,19 @@
 //! service that moves it, follows it and lifts the write fence
 //! ([`PhaseService`]).
 
-mod legacy_activity;
+mod legacy_traffic;
 mod rules;
 mod service;
 
-pub use legacy_activity::{LastLegacyActivity, LegacyActivity, LegacyActivityRecorder};
-
+pub use legacy_traffic::{LEGACY_TRAFFIC_RETENTION_MS, LegacyTraffic, LegacyTrafficCounter};
 pub use rules::{
     MAX_REASON_CHARS, MoveKind, Phase, check_reason, fences_writes, requested_weight, transition,
 };
 pub use service::{
     Check, CheckOutcome, DEFAULT_GATEWAY_REPORT_TTL_MS, DEFAULT_LEGACY_QUIET_MS,
-    DEFAULT_NATIVE_ID_MARGIN, DEFAULT_NATIVE_ID_START, DEFAULT_PHASE_KEEPALIVE_MS,
-    DEFAULT_PHASE_POLL_MS, DEFAULT_VALIDATION_MAX_AGE_MS, LegacyProbe, MoveRequest, PhaseService,
-    PhaseSettings,
+    DEFAULT_NATIVE_ID_MARGIN, DEFAULT_NATIVE_ID_START, DEFAULT_PARITY_WINDOW_MS,
+    DEFAULT_PHASE_KEEPALIVE_MS, DEFAULT_PHASE_POLL_MS, DEFAULT_VALIDATION_MAX_AGE_MS, LegacyProbe,
+    MoveRequest, PhaseService, PhaseSettings,
 };
 
 use super::Millis;

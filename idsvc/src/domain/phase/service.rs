@@ -5,7 +5,10 @@
 //! live gateway follows the fenced generation with no write in flight.
 
 use super::rules::{self, MoveKind, Phase};
-use super::{AUTOMATIC, GatewayReport, PhaseChange, PhaseState, PhaseSwap};
+use super::{
+    AUTOMATIC, GatewayReport, LEGACY_TRAFFIC_RETENTION_MS, LegacyTraffic, LegacyTrafficCounter,
+    PhaseChange, PhaseState, PhaseSwap,
+};
 use crate::domain::{Clock, Error, Millis, Result, Store};
 use rand::RngCore;
 use std::collections::HashMap;
@@ -42,6 +45,14 @@ pub const DEFAULT_VALIDATION_MAX_AGE_MS: u64 = 24 * 3600 * 1000;
 /// live shop means no one still writes to legacy or holds its tokens.
 pub const DEFAULT_LEGACY_QUIET_MS: u64 = 3600 * 1000;
 
+/// Double-write parity compares the double writes received with the member
+/// writes the gateways proxied to legacy over this window.
+pub const DEFAULT_PARITY_WINDOW_MS: u64 = 10 * 60 * 1000;
+/// Legacy double-writes before it answers, so a proxied write's double write
+/// arrives first, at most a request's time earlier: parity counts double
+/// writes from this much before the window.
+const PARITY_LEAD_SECS: i64 = 10;
+
 /// Heartbeats older than this are deleted.
 const REPORT_RETENTION: Duration = Duration::from_secs(3600);
 /// Gateways whose heartbeats a replica keeps in memory: far more than a
@@ -57,6 +68,7 @@ pub struct PhaseSettings {
     pub native_id_margin: i64,
     pub validation_max_age: Duration,
     pub legacy_quiet: Duration,
+    pub parity_window: Duration,
 }
 
 impl Default for PhaseSettings {
@@ -69,6 +81,7 @@ impl Default for PhaseSettings {
             native_id_margin: DEFAULT_NATIVE_ID_MARGIN,
             validation_max_age: Duration::from_millis(DEFAULT_VALIDATION_MAX_AGE_MS),
             legacy_quiet: Duration::from_millis(DEFAULT_LEGACY_QUIET_MS),
+            parity_window: Duration::from_millis(DEFAULT_PARITY_WINDOW_MS),
         }
     }
 }
@@ -133,6 +146,8 @@ pub struct PhaseService {
     reports: Mutex<HashMap<String, GatewayReport>>,
     /// When this replica last read the phase from the database (clock ms).
     read_at: AtomicI64,
+    /// The gateways' proxied writes, counted as they report them.
+    traffic: LegacyTrafficCounter,
 }
 
 impl PhaseService {
@@ -163,6 +178,7 @@ impl PhaseService {
         let (current, _) = watch::channel(state);
         let read_at = AtomicI64::new(clock.now_ms());
         Ok(Arc::new(Self {
+            traffic: LegacyTrafficCounter::new(Arc::clone(&store), Arc::clone(&clock)),
             store,
             read_at,
             clock,
@@ -241,9 +257,14 @@ impl PhaseService {
                     }
                 }
                 _ = purge.tick() => {
-                    let before = self.clock.now_ms() - millis(REPORT_RETENTION);
+                    let now = self.clock.now_ms();
+                    let before = now - millis(REPORT_RETENTION);
                     if let Err(err) = self.store.purge_gateway_reports(before).await {
                         warn!(cause = %err, "purging old gateway reports failed");
+                    }
+                    let before = (now - LEGACY_TRAFFIC_RETENTION_MS).div_euclid(1000);
+                    if let Err(err) = self.store.purge_legacy_traffic(before).await {
+                        warn!(cause = %err, "purging old legacy traffic counts failed");
                     }
                 }
             }
@@ -289,9 +310,13 @@ impl PhaseService {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Keeps a gateway's heartbeat; may lift the write fence.
-    pub async fn report(&self, mut report: GatewayReport) -> Result<()> {
+    /// Keeps a gateway's heartbeat and counts the member writes it proxied
+    /// to legacy since its last report; may lift the write fence.
+    pub async fn report(&self, mut report: GatewayReport, proxied_writes: u64) -> Result<()> {
         report.reported_at = self.clock.now_ms();
+        self.traffic
+            .count(LegacyTraffic::ProxiedWrite, proxied_writes)
+            .await?;
         self.store.record_gateway_report(&report).await?;
         {
             let mut reports = self.lock_reports();
@@ -382,6 +407,7 @@ impl PhaseService {
         }
         if (Phase::InternalReads..=Phase::Writes).contains(&to) {
             checks.push(self.validation_check().await?);
+            checks.push(self.parity_check().await?);
         }
         if to == Phase::Writes && kind == MoveKind::Forward {
             checks.push(self.id_range_check().await);
@@ -423,28 +449,64 @@ impl PhaseService {
         ))
     }
 
+    /// Every member write legacy acknowledged through a gateway within the
+    /// window came back as a double write: received ≥ proxied.
+    async fn parity_check(&self) -> Result<Check> {
+        let now = self.clock.now_ms().div_euclid(1000);
+        let window = i64::try_from(self.settings.parity_window.as_secs()).unwrap_or(i64::MAX);
+        let since = now.saturating_sub(window);
+        let proxied = self
+            .store
+            .legacy_traffic_since(LegacyTraffic::ProxiedWrite, since)
+            .await?;
+        let received = self
+            .store
+            .legacy_traffic_since(LegacyTraffic::DoubleWrite, since - PARITY_LEAD_SECS)
+            .await?;
+        let pass = received >= proxied;
+        let relation = if pass { "≥" } else { "<" };
+        Ok(Check::new(
+            "double-write-parity",
+            pass,
+            format!(
+                "{received} double writes received {relation} {proxied} member writes proxied \
+                 to legacy in the last {}",
+                human_age(self.settings.parity_window)
+            ),
+        ))
+    }
+
     /// Nothing has come from legacy for `legacy_quiet`: no double write,
-    /// no legacy refresh token exchanged.
+    /// no legacy refresh token presented for exchange.
     async fn legacy_quiet_check(&self) -> Result<Check> {
-        let last = self.store.last_legacy_activity().await?;
         let now = self.clock.now_ms();
         let quiet = millis(self.settings.legacy_quiet);
-        let seen = |at: Option<Millis>| match at {
-            None => (true, "never".to_owned()),
-            Some(at) => {
-                let age = now.saturating_sub(at).max(0);
-                let age_text = human_age(Duration::from_millis(age.unsigned_abs()));
-                (age >= quiet, format!("{age_text} ago"))
-            }
-        };
-        let (writes_quiet, write_age) = seen(last.double_write);
-        let (exchanges_quiet, exchange_age) = seen(last.token_exchange);
+        let mut figures = Vec::new();
+        let mut pass = true;
+        for (kind, name) in [
+            (LegacyTraffic::DoubleWrite, "double write"),
+            (LegacyTraffic::TokenExchange, "legacy token exchange"),
+        ] {
+            let age = match self.store.last_legacy_traffic(kind).await? {
+                None => "never".to_owned(),
+                Some(second) => {
+                    // Counted by the second: the age may be up to a second long.
+                    let age = now.saturating_sub(second * 1000).max(0);
+                    pass &= age >= quiet;
+                    format!(
+                        "{} ago",
+                        human_age(Duration::from_millis(age.unsigned_abs()))
+                    )
+                }
+            };
+            figures.push(format!("last {name} {age}"));
+        }
         Ok(Check::new(
             "legacy-quiet",
-            writes_quiet && exchanges_quiet,
+            pass,
             format!(
-                "last double write {write_age}, last legacy token exchange {exchange_age} \
-                 (both at least {} ago)",
+                "{} (both at least {} ago)",
+                figures.join(", "),
                 human_age(self.settings.legacy_quiet)
             ),
         ))

@@ -47,16 +47,16 @@ impl Dialect {
         }
     }
 
-    /// Raises a kind's latest legacy activity, never lowers it.
-    pub(super) fn raise_legacy_activity(self) -> &'static str {
+    /// Adds to a second's count of legacy traffic.
+    pub(super) fn add_legacy_traffic(self) -> &'static str {
         match self {
             Self::Sqlite => {
-                "INSERT INTO legacy_activity (kind, last_at) VALUES (?, ?) \
-                 ON CONFLICT (kind) DO UPDATE SET last_at = MAX(last_at, excluded.last_at)"
+                "INSERT INTO legacy_traffic (kind, second, count) VALUES (?, ?, ?) \
+                 ON CONFLICT (kind, second) DO UPDATE SET count = count + excluded.count"
             }
             Self::MySql => {
-                "INSERT INTO legacy_activity (kind, last_at) VALUES (?, ?) \
-                 ON DUPLICATE KEY UPDATE last_at = GREATEST(last_at, VALUES(last_at))"
+                "INSERT INTO legacy_traffic (kind, second, count) VALUES (?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE count = count + VALUES(count)"
             }
         }
     }

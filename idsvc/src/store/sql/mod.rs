@@ -4,8 +4,7 @@
 //! spell differently in `dialect`.
 
 use crate::domain::phase::{
-    GatewayReport, LastLegacyActivity, LastValidation, LegacyActivity, PhaseChange, PhaseState,
-    PhaseSwap,
+    GatewayReport, LastValidation, LegacyTraffic, PhaseChange, PhaseState, PhaseSwap,
 };
 use crate::domain::{
     ExchangeOutcome, LegacyExchange, Millis, NewRefreshToken, NewUser, Registration, RotateOutcome,
@@ -295,11 +294,24 @@ impl Store for SqlStore {
         phase::latest_validation(self).await
     }
 
-    async fn note_legacy_activity(&self, kind: LegacyActivity, at: Millis) -> StoreResult<()> {
-        phase::note_legacy_activity(self, kind, at).await
+    async fn count_legacy_traffic(
+        &self,
+        kind: LegacyTraffic,
+        second: i64,
+        n: i64,
+    ) -> StoreResult<()> {
+        phase::count_legacy_traffic(self, kind, second, n).await
     }
 
-    async fn last_legacy_activity(&self) -> StoreResult<LastLegacyActivity> {
-        phase::last_legacy_activity(self).await
+    async fn legacy_traffic_since(&self, kind: LegacyTraffic, since: i64) -> StoreResult<i64> {
+        phase::legacy_traffic_since(self, kind, since).await
+    }
+
+    async fn last_legacy_traffic(&self, kind: LegacyTraffic) -> StoreResult<Option<i64>> {
+        phase::last_legacy_traffic(self, kind).await
+    }
+
+    async fn purge_legacy_traffic(&self, before: i64) -> StoreResult<u64> {
+        phase::purge_legacy_traffic(self, before).await
     }
 }

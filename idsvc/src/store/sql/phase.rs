@@ -3,8 +3,7 @@
 
 use super::SqlStore;
 use crate::domain::phase::{
-    GatewayReport, LastLegacyActivity, LastValidation, LegacyActivity, Phase, PhaseChange,
-    PhaseState, PhaseSwap,
+    GatewayReport, LastValidation, LegacyTraffic, Phase, PhaseChange, PhaseState, PhaseSwap,
 };
 use crate::domain::{Millis, StoreError, StoreResult};
 use sqlx::Row;
@@ -239,33 +238,55 @@ pub(super) async fn latest_validation(store: &SqlStore) -> StoreResult<Option<La
     .transpose()
 }
 
-pub(super) async fn note_legacy_activity(
+pub(super) async fn count_legacy_traffic(
     store: &SqlStore,
-    kind: LegacyActivity,
-    at: Millis,
+    kind: LegacyTraffic,
+    second: i64,
+    n: i64,
 ) -> StoreResult<()> {
     let _writer = store.writer().await;
-    sqlx::query(store.dialect.raise_legacy_activity())
+    sqlx::query(store.dialect.add_legacy_traffic())
         .bind(kind.as_str())
-        .bind(at)
+        .bind(second)
+        .bind(n)
         .execute(&store.pool)
         .await?;
     Ok(())
 }
 
-pub(super) async fn last_legacy_activity(store: &SqlStore) -> StoreResult<LastLegacyActivity> {
-    let rows = sqlx::query("SELECT kind, last_at FROM legacy_activity")
-        .fetch_all(&store.pool)
+pub(super) async fn legacy_traffic_since(
+    store: &SqlStore,
+    kind: LegacyTraffic,
+    since: i64,
+) -> StoreResult<i64> {
+    // SUM of BIGINT is DECIMAL in MySQL: cast back so both drivers give i64.
+    let row = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(count), 0) AS SIGNED) FROM legacy_traffic \
+         WHERE kind = ? AND second >= ?",
+    )
+    .bind(kind.as_str())
+    .bind(since)
+    .fetch_one(&store.pool)
+    .await?;
+    Ok(row.try_get(0)?)
+}
+
+pub(super) async fn last_legacy_traffic(
+    store: &SqlStore,
+    kind: LegacyTraffic,
+) -> StoreResult<Option<i64>> {
+    let row = sqlx::query("SELECT MAX(second) FROM legacy_traffic WHERE kind = ?")
+        .bind(kind.as_str())
+        .fetch_one(&store.pool)
         .await?;
-    let mut last = LastLegacyActivity::default();
-    for row in rows {
-        let kind: String = row.try_get(0)?;
-        let at: Millis = row.try_get(1)?;
-        if kind == LegacyActivity::DoubleWrite.as_str() {
-            last.double_write = Some(at);
-        } else if kind == LegacyActivity::TokenExchange.as_str() {
-            last.token_exchange = Some(at);
-        }
-    }
-    Ok(last)
+    Ok(row.try_get(0)?)
+}
+
+pub(super) async fn purge_legacy_traffic(store: &SqlStore, before: i64) -> StoreResult<u64> {
+    let _writer = store.writer().await;
+    let done = sqlx::query("DELETE FROM legacy_traffic WHERE second < ?")
+        .bind(before)
+        .execute(&store.pool)
+        .await?;
+    Ok(done.rows_affected())
 }
