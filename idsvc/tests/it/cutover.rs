@@ -18,6 +18,7 @@ on_both_backends!(
     members_registered_from_phase_4_get_native_ids,
     double_writes_are_gone_in_phase_5,
     double_writes_and_exchanges_are_counted,
+    concurrent_counts_all_land,
 );
 
 /// Puts the stored phase at `phase`, as a move would.
@@ -307,4 +308,29 @@ async fn double_writes_and_exchanges_are_counted(backend: Backend) {
     // Counts older than the retention are purged.
     assert_eq!(h.store.purge_legacy_traffic(start + 1).await.unwrap(), 1);
     assert_eq!(since(DoubleWrite, 0).await, 2);
+}
+
+/// The double writes of a busy second all land on one row: concurrent
+/// upserts of it (which InnoDB may answer with a deadlock) all count.
+async fn concurrent_counts_all_land(backend: Backend) {
+    const COUNTS: i64 = 400;
+    let h = Harness::new(backend).await;
+    let start = h.clock.now_ms() / 1000;
+    let counts = (0..COUNTS).map(|i| {
+        let store = h.store.clone();
+        tokio::spawn(async move {
+            store
+                .count_legacy_traffic(LegacyTraffic::DoubleWrite, start + i / 50, 1)
+                .await
+        })
+    });
+    for count in futures::future::join_all(counts).await {
+        count.unwrap().unwrap();
+    }
+    let counted = h
+        .store
+        .legacy_traffic_since(LegacyTraffic::DoubleWrite, start)
+        .await
+        .unwrap();
+    assert_eq!(counted, COUNTS);
 }

@@ -21,6 +21,16 @@ use tokio::sync::{Mutex, MutexGuard};
 /// How often a transaction that lost a deadlock is run again.
 const RETRIES: usize = 5;
 
+/// Waits a random few milliseconds, more with each lost attempt, before a
+/// transaction that lost a deadlock runs again: run at once, it tends to
+/// meet the same rival holding the same locks.
+async fn back_off(attempt: usize) {
+    use rand::Rng;
+    let most = 2u64 << attempt.min(RETRIES);
+    let wait = rand::thread_rng().gen_range(1..=most);
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+}
+
 /// Runs `body` in a transaction, again when the database reports a deadlock.
 macro_rules! transaction {
     ($store:expr, |$tx:ident| $body:expr) => {{
@@ -37,6 +47,7 @@ macro_rules! transaction {
                         if attempt < $crate::store::sql::RETRIES
                             && $crate::store::is_retryable(&err) =>
                     {
+                        $crate::store::sql::back_off(attempt).await;
                         continue;
                     }
                     Err(err) => break Err($crate::domain::StoreError::from(err)),
@@ -47,6 +58,7 @@ macro_rules! transaction {
                             .downcast_ref::<sqlx::Error>()
                             .is_some_and($crate::store::is_retryable) =>
                 {
+                    $crate::store::sql::back_off(attempt).await;
                     continue;
                 }
                 Err(err) => break Err(err),

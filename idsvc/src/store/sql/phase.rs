@@ -244,13 +244,18 @@ pub(super) async fn count_legacy_traffic(
     second: i64,
     n: i64,
 ) -> StoreResult<()> {
-    let _writer = store.writer().await;
-    sqlx::query(store.dialect.add_legacy_traffic())
-        .bind(kind.as_str())
-        .bind(second)
-        .bind(n)
-        .execute(&store.pool)
-        .await?;
+    // Concurrent upserts of one new (kind, second) row can deadlock in
+    // InnoDB (both take the shared lock of the duplicate, then both want it
+    // exclusively): the transaction loop runs the loser again.
+    transaction!(store, |tx| {
+        sqlx::query(store.dialect.add_legacy_traffic())
+            .bind(kind.as_str())
+            .bind(second)
+            .bind(n)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    })?;
     Ok(())
 }
 
