@@ -233,6 +233,8 @@ struct GatewayCutoverFlags {
     legacy: gateway::legacy::LegacyArgs,
     #[command(flatten)]
     follow: gateway::phase::follow::FollowArgs,
+    #[command(flatten)]
+    shadow: gateway::phase::shadow::ShadowArgs,
 }
 
 impl Cutover {
@@ -284,6 +286,7 @@ impl Cutover {
             legacy: flags.legacy.config()?,
             // Plain text on loopback: the token file is the credential.
             follow: flags.follow.config(None)?,
+            shadows: flags.shadow.shadows(),
         })
     }
 }

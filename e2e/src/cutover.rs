@@ -74,6 +74,8 @@ pub struct CutoverGateway {
     /// `gw-N`, its `--gateway-id`.
     pub id: String,
     pub url: String,
+    /// Its `/metrics` listener (`http://…`).
+    pub metrics_url: String,
     pub process: Process,
 }
 
@@ -233,10 +235,10 @@ impl Cutover {
         let mut gateways = Vec::new();
         for n in 1..=options.gateways {
             let id = format!("gw-{n}");
-            let http = free_addr()?;
+            let (http, metrics) = (free_addr()?, free_addr()?);
             let process = Command::new(&binary)
                 .args(["gateway", "--idsvc", &format!("http://{idsvc_grpc}")])
-                .args(["--http", &http, "--metrics", &free_addr()?])
+                .args(["--http", &http, "--metrics", &metrics])
                 .arg("--clients")
                 .arg(&clients)
                 .args(["--legacy-url", &legacy_url, "--legacy-token-file"])
@@ -254,6 +256,7 @@ impl Cutover {
             gateways.push(CutoverGateway {
                 id,
                 url: format!("http://{http}"),
+                metrics_url: format!("http://{metrics}"),
                 process: Process(process),
             });
         }

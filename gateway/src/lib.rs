@@ -75,6 +75,8 @@ pub struct GatewayArgs {
     pub legacy: legacy::LegacyArgs,
     #[command(flatten)]
     pub follow: phase::follow::FollowArgs,
+    #[command(flatten)]
+    pub shadow: phase::shadow::ShadowArgs,
 }
 
 /// What a gateway needs to serve, however it was configured.
@@ -92,6 +94,8 @@ pub struct GatewayConfig {
 pub struct CutoverConfig {
     pub legacy: Option<legacy::LegacyConfig>,
     pub follow: Option<phase::follow::FollowConfig>,
+    /// Shadow reads; `None` when off.
+    pub shadows: Option<Arc<phase::shadow::Shadows>>,
 }
 
 /// The whole HTTP API, without a cutover.
@@ -109,6 +113,7 @@ pub fn router_with(config: GatewayConfig, cutover_config: CutoverConfig) -> anyh
             .map(legacy::Legacy::new)
             .transpose()
             .context("legacy URL")?,
+        shadows: cutover_config.shadows,
         ..Cutover::default()
     };
     if let Some(follow) = cutover_config.follow {
@@ -344,6 +349,7 @@ pub async fn run(args: GatewayArgs, shutdown: CancellationToken) -> anyhow::Resu
     let cutover = CutoverConfig {
         legacy,
         follow: args.follow.config(args.upstream.tls.files())?,
+        shadows: args.shadow.shadows(),
     };
     let config = GatewayConfig {
         upstream: args.upstream.into(),

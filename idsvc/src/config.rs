@@ -9,7 +9,8 @@ use crate::crypto::password::DEFAULT_ARGON2_QUEUE;
 use crate::domain::phase::{
     DEFAULT_GATEWAY_REPORT_TTL_MS, DEFAULT_LEGACY_QUIET_MS, DEFAULT_NATIVE_ID_MARGIN,
     DEFAULT_NATIVE_ID_START, DEFAULT_PARITY_WINDOW_MS, DEFAULT_PHASE_KEEPALIVE_MS,
-    DEFAULT_PHASE_POLL_MS, DEFAULT_VALIDATION_MAX_AGE_MS, LegacyProbe, PhaseSettings,
+    DEFAULT_PHASE_POLL_MS, DEFAULT_SHADOW_MIN_PER_KIND, DEFAULT_SHADOW_MIN_SAMPLES,
+    DEFAULT_SHADOW_WINDOW_MS, DEFAULT_VALIDATION_MAX_AGE_MS, LegacyProbe, PhaseSettings,
 };
 use crate::domain::{
     DEFAULT_ACCESS_TTL_SECS, DEFAULT_CREDENTIAL_FAILURE_FLOOR_MS, DEFAULT_EMAIL_FAILURE_FACTOR,
@@ -247,6 +248,16 @@ pub struct PhaseArgs {
     #[arg(long, env = "IDBASE_PARITY_WINDOW_MS", default_value_t = DEFAULT_PARITY_WINDOW_MS,
           value_parser = clap::value_parser!(u64).range(1000..=MAX_LEGACY_WINDOW_MS))]
     pub parity_window_ms: u64,
+    /// Forward moves into phases 2–4 look at the shadow reads compared over this many milliseconds (1 s to 30 days).
+    #[arg(long, env = "IDBASE_SHADOW_WINDOW_MS", default_value_t = DEFAULT_SHADOW_WINDOW_MS,
+          value_parser = clap::value_parser!(u64).range(1000..=MAX_LEGACY_WINDOW_MS))]
+    pub shadow_window_ms: u64,
+    /// When shadow reads ran in the window, forward moves into phases 2–4 need at least this many, with under 0.1% mismatches.
+    #[arg(long, env = "IDBASE_SHADOW_MIN_SAMPLES", default_value_t = DEFAULT_SHADOW_MIN_SAMPLES)]
+    pub shadow_min_samples: u64,
+    /// …and at least this many of each kind (login, me).
+    #[arg(long, env = "IDBASE_SHADOW_MIN_PER_KIND", default_value_t = DEFAULT_SHADOW_MIN_PER_KIND)]
+    pub shadow_min_per_kind: u64,
     /// Legacy API base URL, only for the checks of a phase move (legacy-reachable, id-range-margin).
     #[arg(long, env = "IDBASE_LEGACY_URL")]
     pub legacy_url: Option<String>,
@@ -270,6 +281,9 @@ impl PhaseArgs {
             validation_max_age: Duration::from_millis(self.validation_max_age_ms),
             legacy_quiet: Duration::from_millis(self.legacy_quiet_ms),
             parity_window: Duration::from_millis(self.parity_window_ms),
+            shadow_window: Duration::from_millis(self.shadow_window_ms),
+            shadow_min_samples: self.shadow_min_samples,
+            shadow_min_per_kind: self.shadow_min_per_kind,
         }
     }
 }

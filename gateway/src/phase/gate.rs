@@ -10,6 +10,7 @@
 
 use super::follow::Follower;
 use super::route::{self, Answer, Decision, Route, Side, TokenOrigin};
+use super::shadow::Shadows;
 use crate::api::{Json, TokenBody};
 use crate::clients::Client;
 use crate::legacy::Legacy;
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
+use zeroize::Zeroizing;
 
 /// The cutover's part of the gateway's state.
 #[derive(Clone, Default)]
@@ -40,6 +42,8 @@ pub struct Cutover {
     /// Member writes proxied to legacy in phases 1–3 that legacy
     /// acknowledged, not yet reported (double-write parity).
     pub legacy_writes: Arc<AtomicU64>,
+    /// Shadow reads of what legacy serves in phases 1–3; `None` when off.
+    pub shadows: Option<Arc<Shadows>>,
     /// Stops the follower's tasks once the last copy of the state is gone.
     pub stop: Option<Arc<DropGuard>>,
 }
@@ -138,8 +142,13 @@ async fn gate(state: AppState, route: Route, request: Request, next: Next) -> Re
         return next.run(request).await;
     };
     let ramping = phase.weight < 100 && matches!(phase.phase, 2 | 3);
+    // Shadows repeat reads legacy serves before idbase takes the writes.
+    let shadows = cutover
+        .shadows
+        .as_ref()
+        .filter(|_| (1..=3).contains(&phase.phase));
     let needs_body = match route {
-        Route::Login => ramping,
+        Route::Login => ramping || shadows.is_some(),
         Route::Refresh | Route::Revoke => true,
         _ => false,
     };
@@ -180,19 +189,42 @@ async fn gate(state: AppState, route: Route, request: Request, next: Next) -> Re
     match decision {
         Decision::To(Side::Idbase) => routed(next.run(request).await, "idbase", number),
         Decision::To(Side::Legacy) => {
+            let shadowed = shadows.and_then(|shadows| {
+                let (kind, member) = match route {
+                    Route::Login => ("login", field("email")?.trim().to_lowercase()),
+                    Route::MeGet if request.method() == Method::GET => {
+                        ("me", bearer(&request)?.to_owned())
+                    }
+                    _ => return None,
+                };
+                let slot = shadows.sample(&phase.ramp, kind, &member)?;
+                Some((shadows, slot))
+            });
+            let Some((shadows, slot)) = shadowed else {
+                let answer = legacy.forward(request, &client, phase.phase).await;
+                // From phase 1 legacy double-writes every member write it takes.
+                if route.is_fenced_write() && phase.phase >= 1 && answer.status().is_success() {
+                    cutover.legacy_writes.fetch_add(1, Ordering::Relaxed);
+                }
+                return routed(answer, "legacy", number);
+            };
+            let rid = request_id(&request);
             let answer = legacy.forward(request, &client, phase.phase).await;
-            // From phase 1 legacy double-writes every member write it takes.
-            if route.is_fenced_write() && phase.phase >= 1 && answer.status().is_success() {
-                cutover.legacy_writes.fetch_add(1, Ordering::Relaxed);
-            }
+            let answer = if route == Route::Login {
+                let credentials = (
+                    field("email").unwrap_or_default().to_owned(),
+                    Zeroizing::new(field("password").unwrap_or_default().to_owned()),
+                );
+                shadows.login(slot, &state.upstream, rid, credentials, answer.status());
+                answer
+            } else {
+                shadows.me(slot, &state.upstream, rid, answer)
+            };
             routed(answer, "legacy", number)
         }
         Decision::Exchange => {
             let token = field("refresh_token").unwrap_or_default();
-            let rid = request
-                .extensions()
-                .get::<RequestId>()
-                .map_or_else(String::new, |r| r.0.clone());
+            let rid = request_id(&request);
             let answer = exchange(&state, legacy, &client, token, &rid).await;
             routed(answer, "idbase", number)
         }
@@ -201,6 +233,13 @@ async fn gate(state: AppState, route: Route, request: Request, next: Next) -> Re
             routed(answer_of(answer, stale), "gateway", number)
         }
     }
+}
+
+fn request_id(request: &Request) -> String {
+    request
+        .extensions()
+        .get::<RequestId>()
+        .map_or_else(String::new, |r| r.0.clone())
 }
 
 fn routed(mut response: Response, side: &'static str, phase: Option<u32>) -> Response {

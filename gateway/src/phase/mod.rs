@@ -9,6 +9,7 @@
 pub mod follow;
 pub mod gate;
 pub mod route;
+pub mod shadow;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -95,5 +96,17 @@ impl Ramp {
     /// Whether the member is in the share a ramp at `weight` moves.
     pub fn in_share(&self, email: &str, weight: u32) -> bool {
         self.bucket(email) < u64::from(weight)
+    }
+
+    /// The bucket, 0..1,000,000, of `member` (as given) for shadow reads:
+    /// apart from the ramp's, so the shadowed members are not the ramp's first.
+    pub fn sample_bucket(&self, member: &str) -> u64 {
+        let mut mac = self.keyed.clone();
+        mac.update(b"shadow\0");
+        mac.update(member.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_be_bytes(first) % 1_000_000
     }
 }

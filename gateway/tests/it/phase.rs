@@ -264,6 +264,7 @@ async fn gateway(admin: &str, idsvc: &str, with_legacy: bool, stale_after: Durat
             stale_after,
             tls: None,
         }),
+        shadows: None,
     };
     Setup {
         app: router_with(config, cutover).unwrap(),

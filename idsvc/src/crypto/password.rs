@@ -254,6 +254,9 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct HashingPool {
     jobs: crossbeam_channel::Sender<Job>,
     queued: Arc<AtomicUsize>,
+    /// Jobs queued or running: the pool is busy when they fill every worker.
+    busy: Arc<AtomicUsize>,
+    workers: usize,
     params: PasswordParams,
 }
 
@@ -263,7 +266,8 @@ impl HashingPool {
         params.argon2_params()?;
         let (jobs, inbox) = crossbeam_channel::bounded::<Job>(queue);
         let queued = Arc::new(AtomicUsize::new(0));
-        for n in 0..workers.max(1) {
+        let workers = workers.max(1);
+        for n in 0..workers {
             let inbox = inbox.clone();
             let queued = Arc::clone(&queued);
             std::thread::Builder::new()
@@ -281,6 +285,8 @@ impl HashingPool {
         Ok(Self {
             jobs,
             queued,
+            busy: Arc::new(AtomicUsize::new(0)),
+            workers,
             params,
         })
     }
@@ -308,25 +314,47 @@ impl HashingPool {
         self.run(move || params.verify(&password, &stored)).await
     }
 
+    /// Verifies a password only when a worker is free: work that may be
+    /// dropped (shadow reads) never waits in the queue before a member's
+    /// login.
+    pub async fn verify_if_idle(
+        &self,
+        password: Zeroizing<String>,
+        stored: String,
+    ) -> Result<Verification, PoolFull> {
+        if self.busy.load(Ordering::Relaxed) >= self.workers {
+            metrics::counter!("idbase_argon2_rejected_total").increment(1);
+            return Err(PoolFull);
+        }
+        self.verify(password, stored).await
+    }
+
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, PoolFull> {
         let (reply, answer) = tokio::sync::oneshot::channel();
+        let busy = Arc::clone(&self.busy);
         let job: Job = Box::new(move || {
             // A caller that has gone while this waited in the queue (request
             // cancelled, deadline passed) gets no work: otherwise a burst of
             // abandoned logins against a costly hash keeps the pool busy
             // long after their callers left.
             if reply.is_closed() {
+                busy.fetch_sub(1, Ordering::Relaxed);
                 metrics::counter!("idbase_argon2_abandoned_total").increment(1);
                 return;
             }
-            let _ = reply.send(work());
+            let done = work();
+            // Free before the caller hears: its next job finds the worker so.
+            busy.fetch_sub(1, Ordering::Relaxed);
+            let _ = reply.send(done);
         });
         let depth = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
+        self.busy.fetch_add(1, Ordering::Relaxed);
         if self.jobs.try_send(job).is_err() {
             self.queued.fetch_sub(1, Ordering::Relaxed);
+            self.busy.fetch_sub(1, Ordering::Relaxed);
             metrics::counter!("idbase_argon2_rejected_total").increment(1);
             return Err(PoolFull);
         }
@@ -426,6 +454,31 @@ mod tests {
         // job has been taken off the queue.
         assert!(pool.run(|| true).await.unwrap());
         assert!(!ran.load(Ordering::SeqCst), "abandoned work was started");
+    }
+
+    #[tokio::test]
+    async fn work_that_may_be_dropped_runs_only_on_a_free_worker() {
+        let pool = HashingPool::new(cheap(), 1, 4).unwrap();
+        let stored = cheap().hash("correct horse").unwrap();
+        let verify = || pool.verify_if_idle(Zeroizing::new("correct horse".into()), stored.clone());
+        assert_eq!(verify().await.unwrap(), Verification::Match);
+        // Hold the only worker: nothing is queued, yet the pool is busy.
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let (started, on_worker) = tokio::sync::oneshot::channel::<()>();
+        let worker = pool.clone();
+        let busy = tokio::spawn(async move {
+            worker
+                .run(move || {
+                    let _ = started.send(());
+                    hold.recv().is_ok()
+                })
+                .await
+        });
+        on_worker.await.unwrap();
+        assert!(verify().await.is_err(), "dropped, not queued");
+        release.send(()).unwrap();
+        assert!(busy.await.unwrap().unwrap());
+        assert_eq!(verify().await.unwrap(), Verification::Match);
     }
 
     fn cheap() -> PasswordParams {

@@ -2,8 +2,8 @@
 //! the domain, nothing else.
 
 use crate::domain::{
-    self, IdempotencyKey, IdentityService, LegacyUser, Principal, SourceNetwork, UpsertOutcome,
-    UserChanges,
+    self, IdempotencyKey, IdentityService, LegacyUser, Principal, ShadowRead, SourceNetwork,
+    UpsertOutcome, UserChanges,
 };
 use idbase_proto::v1::{self as pb, identity_server::Identity};
 use std::sync::Arc;
@@ -187,6 +187,39 @@ impl Identity for IdentityGrpc {
             .instrument(span)
             .await?;
         Ok(Response::new(token_pair(pair)))
+    }
+
+    async fn shadow_read(
+        &self,
+        request: Request<pb::ShadowReadRequest>,
+    ) -> Result<Response<pb::ShadowReadResponse>, Status> {
+        let span = span(&request, "shadow_read");
+        let r = request.into_inner();
+        let read = match r.read {
+            Some(pb::shadow_read_request::Read::Login(login)) => ShadowRead::Login {
+                email: login.email,
+                password: zeroize::Zeroizing::new(login.password),
+                legacy_accepted: login.legacy_accepted,
+            },
+            Some(pb::shadow_read_request::Read::Me(me)) => ShadowRead::Me {
+                member_id: me.member_id,
+                email: me.email,
+                phone: me.phone,
+            },
+            None => {
+                return Err(Status::invalid_argument(
+                    "a shadow read names a login or a me read",
+                ));
+            }
+        };
+        let differences = self
+            .service
+            .shadow_read(read, r.recheck)
+            .instrument(span)
+            .await?;
+        Ok(Response::new(pb::ShadowReadResponse {
+            differences: differences.into_iter().map(str::to_owned).collect(),
+        }))
     }
 
     async fn get_jwks(&self, _request: Request<pb::Empty>) -> Result<Response<pb::Jwks>, Status> {

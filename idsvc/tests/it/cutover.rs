@@ -6,7 +6,7 @@
 use crate::conformance::principal_of;
 use crate::harness::{Backend, Harness};
 use idsvc::domain::phase::{LegacyTraffic, Phase, PhaseChange, PhaseState, PhaseSwap};
-use idsvc::domain::{Clock, Error, LegacyUser, Policy, Store, UpsertOutcome};
+use idsvc::domain::{Clock, Error, LegacyUser, Policy, ShadowRead, Store, UpsertOutcome};
 use sqlx::Row;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ on_both_backends!(
     double_writes_are_gone_in_phase_5,
     double_writes_and_exchanges_are_counted,
     concurrent_counts_all_land,
+    shadow_reads_compare_normalised_answers_and_change_nothing,
 );
 
 /// Puts the stored phase at `phase`, as a move would.
@@ -333,4 +334,92 @@ async fn concurrent_counts_all_land(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(counted, COUNTS);
+}
+
+/// A shadow read compares normalised answers (email case, phone layout),
+/// counts the shadow, counts a mismatch only on the re-check, audits it by
+/// field name, and leaves no session, throttle row or new hash behind.
+async fn shadow_reads_compare_normalised_answers_and_change_nothing(backend: Backend) {
+    use LegacyTraffic::{ShadowLogin, ShadowLoginMismatch, ShadowMe, ShadowMeMismatch};
+    let h = Harness::new(backend).await;
+    let s = &h.service;
+    s.upsert_legacy(LegacyUser {
+        phone: Some("+819012345678".into()),
+        ..legacy(42, "taro@example.com", 1)
+    })
+    .await
+    .unwrap();
+    let hash_before = h.store.user(42).await.unwrap().unwrap().password_hash;
+    let me = |email: &str, phone: Option<&str>| ShadowRead::Me {
+        member_id: 42,
+        email: email.into(),
+        phone: phone.map(str::to_owned),
+    };
+    let login = |email: &str, password: &str, legacy_accepted: bool| ShadowRead::Login {
+        email: email.into(),
+        password: password.to_owned().into(),
+        legacy_accepted,
+    };
+    let agree = s
+        .shadow_read(me(" Taro@Example.com", Some("090-1234-5678")), false)
+        .await
+        .unwrap();
+    assert!(agree.is_empty(), "{agree:?}");
+    let differ = s
+        .shadow_read(me("taro@example.com", None), false)
+        .await
+        .unwrap();
+    assert_eq!(differ, ["phone"]);
+    assert_eq!(
+        s.shadow_read(me("jiro@example.com", Some("+819012345678")), true)
+            .await
+            .unwrap(),
+        ["email"]
+    );
+    let unknown = ShadowRead::Me {
+        member_id: 4242,
+        email: "x@example.com".into(),
+        phone: None,
+    };
+    assert_eq!(s.shadow_read(unknown, false).await.unwrap(), ["member_id"]);
+
+    for (read, expected) in [
+        (login("TARO@example.com", PASSWORD, true), vec![]),
+        (login("taro@example.com", "wrong password!", false), vec![]),
+        (login("nobody@example.com", PASSWORD, false), vec![]),
+        (
+            login("taro@example.com", "wrong password!", true),
+            vec!["outcome"],
+        ),
+    ] {
+        assert_eq!(s.shadow_read(read, false).await.unwrap(), expected);
+    }
+
+    let since = async |kind| h.store.legacy_traffic_since(kind, 0).await.unwrap();
+    assert_eq!(since(ShadowMe).await, 3, "re-checks are not new shadows");
+    assert_eq!(since(ShadowMeMismatch).await, 1, "only the re-check counts");
+    assert_eq!(since(ShadowLogin).await, 4);
+    assert_eq!(since(ShadowLoginMismatch).await, 0);
+    let audited: Vec<_> = h
+        .store
+        .security_events(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "shadow_mismatch")
+        .map(|e| (e.user_id, e.detail))
+        .collect();
+    assert_eq!(audited, [(Some(42), "me: email differ".to_owned())]);
+
+    // Nothing changed: no session, no throttle row, the same stored hash.
+    for table in ["sessions", "login_throttle"] {
+        let rows: i64 = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
+            .fetch_one(h.store.pool())
+            .await
+            .unwrap()
+            .get("n");
+        assert_eq!(rows, 0, "{table}");
+    }
+    let hash_after = h.store.user(42).await.unwrap().unwrap().password_hash;
+    assert_eq!(hash_after, hash_before);
 }

@@ -33,6 +33,7 @@ on_both_backends!(
     the_write_fence_lifts_once_every_live_gateway_follows,
     the_move_to_5_waits_until_legacy_is_quiet,
     moves_into_2_to_4_need_every_proxied_write_double_written,
+    moves_into_2_to_4_need_shadow_reads_to_agree_when_they_ran,
     a_replica_keeps_the_heartbeats_it_received_in_bounded_memory,
     a_replica_that_cannot_read_the_phase_stops_vouching_for_it,
 );
@@ -106,6 +107,7 @@ fn settings() -> PhaseSettings {
         validation_max_age: Duration::from_secs(3600),
         legacy_quiet: Duration::from_secs(3600),
         parity_window: Duration::from_secs(600),
+        ..PhaseSettings::default()
     }
 }
 
@@ -712,6 +714,53 @@ async fn moves_into_2_to_4_need_every_proxied_write_double_written(backend: Back
     };
     let refused = c.report_phase(as_(GATEWAY, absurd)).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument);
+    shutdown.cancel();
+}
+
+async fn moves_into_2_to_4_need_shadow_reads_to_agree_when_they_ran(backend: Backend) {
+    use idsvc::domain::phase::LegacyTraffic::{
+        ShadowLogin, ShadowLoginMismatch, ShadowMe, ShadowMeMismatch,
+    };
+    use idsvc::domain::{Clock, SystemClock};
+    let h = Harness::new(backend).await;
+    let legacy_url = legacy(Arc::new(AtomicI64::new(5_000))).await;
+    let shutdown = CancellationToken::new();
+    let mut c = client(&serve(&h, Some(&legacy_url), &shutdown).await).await;
+    c.report_phase(as_(GATEWAY, report("gw-1", 1, 0)))
+        .await
+        .unwrap();
+    c.set_phase(as_(ALICE, set(1, 0, 1, "double writes on")))
+        .await
+        .unwrap();
+    let shadow_check =
+        async |c: &mut PhasesClient<Channel>| check_of(c, 2, 100, "shadow-agreement").await;
+    assert_eq!(
+        shadow_check(&mut c).await,
+        (true, "no shadow reads in the last 60 min".to_owned())
+    );
+    let now = SystemClock.now_ms().div_euclid(1000);
+    let count = async |kind, n| h.store.count_legacy_traffic(kind, now, n).await.unwrap();
+    // Too few to say anything: 999 shadows, none of them `me`.
+    count(ShadowLogin, 999).await;
+    let (pass, figure) = shadow_check(&mut c).await;
+    assert!(!pass, "{figure}");
+    assert!(figure.contains("login 0/999, me 0/0"), "{figure}");
+    // Enough of each kind, one mismatch in 2,000 logins: under 0.1%.
+    count(ShadowLogin, 1001).await;
+    count(ShadowMe, 100).await;
+    count(ShadowLoginMismatch, 1).await;
+    assert_eq!(
+        shadow_check(&mut c).await,
+        (
+            true,
+            "1 mismatches in 2100 shadow reads in the last 60 min (login 1/2000, me 0/100; \
+             under 0.1% of at least 1000, 100 of each kind)"
+                .to_owned()
+        )
+    );
+    // One `me` mismatch in 100 `me` shadows is 1% of that kind.
+    count(ShadowMeMismatch, 1).await;
+    assert!(!shadow_check(&mut c).await.0);
     shutdown.cancel();
 }
 

@@ -8,6 +8,7 @@ mod load;
 mod parity;
 mod ramp;
 mod routing;
+mod shadow;
 
 use e2e::cutover::{Cutover, CutoverOptions};
 use reqwest::{Method, StatusCode};

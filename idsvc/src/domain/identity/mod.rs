@@ -8,10 +8,12 @@ mod legacy;
 mod login;
 mod profile;
 mod register;
+mod shadow;
 mod tokens;
 
 pub use legacy::{LegacyFields, LegacyUser, flag_nonconforming_email};
 pub use register::{IdempotencyKey, REGISTRATION_KEY_TTL};
+pub use shadow::ShadowRead;
 
 use super::phase::{LegacyTraffic, LegacyTrafficCounter, Phase};
 use super::{
@@ -149,6 +151,7 @@ pub struct IdentityService {
     hashing: HashingPool,
     policy: Policy,
     legacy_traffic: LegacyTrafficCounter,
+    mismatch_sampler: shadow::MismatchSampler,
     /// Verified when no account has the email, so that case costs the same.
     dummy_hash: String,
 }
@@ -171,6 +174,7 @@ impl IdentityService {
             signer: TokenSigner::new(keys)?,
             hashing,
             policy,
+            mismatch_sampler: shadow::MismatchSampler::default(),
             dummy_hash,
         })
     }
@@ -235,22 +239,37 @@ impl IdentityService {
     }
 
     async fn verify(&self, password: &str, stored: String) -> Result<Verification> {
+        self.verify_on_pool(password, stored, false).await
+    }
+
+    /// [`Self::verify`] only while a hashing worker is free (shadow reads).
+    async fn verify_when_idle(&self, password: &str, stored: String) -> Result<Verification> {
+        self.verify_on_pool(password, stored, true).await
+    }
+
+    async fn verify_on_pool(
+        &self,
+        password: &str,
+        stored: String,
+        when_idle: bool,
+    ) -> Result<Verification> {
+        let run = |password: Zeroizing<String>, stored: String| async move {
+            let verified = if when_idle {
+                self.hashing.verify_if_idle(password, stored).await
+            } else {
+                self.hashing.verify(password, stored).await
+            };
+            verified.map_err(overloaded)
+        };
         let normalised = Zeroizing::new(Password::normalise(password).expose().to_owned());
         // A legacy system hashed the bytes as typed; a member who typed
         // full-width characters only matches the unnormalised form.
         let retry_raw = normalised.as_str() != password && !stored.starts_with("$argon2");
-        let first = self
-            .hashing
-            .verify(normalised, stored.clone())
-            .await
-            .map_err(overloaded)?;
+        let first = run(normalised, stored.clone()).await?;
         if first.matched() || !retry_raw {
             return Ok(first);
         }
-        self.hashing
-            .verify(Zeroizing::new(password.to_owned()), stored)
-            .await
-            .map_err(overloaded)
+        run(Zeroizing::new(password.to_owned()), stored).await
     }
 
     fn seal(&self, id: UserId, email: &Email, phone: Option<&Phone>) -> anyhow::Result<SealedPii> {

@@ -1,8 +1,9 @@
 //! What idsvc hears of legacy, counted per second across the fleet: double
-//! writes it accepted, legacy refresh tokens it exchanged, and the member
-//! writes the gateways proxied to legacy (which they report). Two guardrails
-//! read it: double-write parity (every write legacy acknowledged came back
-//! as a double write) and, for the move to 5, a quiet legacy.
+//! writes it accepted, legacy refresh tokens it exchanged, the member
+//! writes the gateways proxied to legacy (which they report), and the
+//! shadow reads it compared. Three guardrails read it: double-write parity
+//! (every write legacy acknowledged came back as a double write), shadow
+//! agreement and, for the move to 5, a quiet legacy.
 
 use crate::domain::{Clock, Millis, Result, Store};
 use std::sync::Arc;
@@ -16,6 +17,14 @@ pub enum LegacyTraffic {
     TokenExchange,
     /// A member write a gateway proxied to legacy and legacy acknowledged.
     ProxiedWrite,
+    /// A login legacy answered, repeated here and compared (a shadow read).
+    ShadowLogin,
+    /// A shadow login whose difference persisted on the re-check.
+    ShadowLoginMismatch,
+    /// A `me` read legacy answered, repeated here and compared.
+    ShadowMe,
+    /// A shadow `me` read whose difference persisted on the re-check.
+    ShadowMeMismatch,
 }
 
 impl LegacyTraffic {
@@ -24,6 +33,10 @@ impl LegacyTraffic {
             Self::DoubleWrite => "double-write",
             Self::TokenExchange => "token-exchange",
             Self::ProxiedWrite => "proxied-write",
+            Self::ShadowLogin => "shadow-login",
+            Self::ShadowLoginMismatch => "shadow-login-mismatch",
+            Self::ShadowMe => "shadow-me",
+            Self::ShadowMeMismatch => "shadow-me-mismatch",
         }
     }
 }

@@ -53,6 +53,16 @@ pub const DEFAULT_PARITY_WINDOW_MS: u64 = 10 * 60 * 1000;
 /// writes from this much before the window.
 const PARITY_LEAD_SECS: i64 = 10;
 
+/// Shadow agreement looks at the shadow reads compared over this window.
+pub const DEFAULT_SHADOW_WINDOW_MS: u64 = 3600 * 1000;
+/// Shadows that must have run in the window (when any ran) for their
+/// mismatch rate to say something.
+pub const DEFAULT_SHADOW_MIN_SAMPLES: u64 = 1000;
+/// Of those, the fewest of each kind (login, `me`).
+pub const DEFAULT_SHADOW_MIN_PER_KIND: u64 = 100;
+/// Mismatches allowed per million shadows, overall and per kind (0.1%).
+const SHADOW_MAX_MISMATCHES_PER_MILLION: i64 = 1000;
+
 /// Heartbeats older than this are deleted.
 const REPORT_RETENTION: Duration = Duration::from_secs(3600);
 /// Gateways whose heartbeats a replica keeps in memory: far more than a
@@ -69,6 +79,9 @@ pub struct PhaseSettings {
     pub validation_max_age: Duration,
     pub legacy_quiet: Duration,
     pub parity_window: Duration,
+    pub shadow_window: Duration,
+    pub shadow_min_samples: u64,
+    pub shadow_min_per_kind: u64,
 }
 
 impl Default for PhaseSettings {
@@ -82,6 +95,9 @@ impl Default for PhaseSettings {
             validation_max_age: Duration::from_millis(DEFAULT_VALIDATION_MAX_AGE_MS),
             legacy_quiet: Duration::from_millis(DEFAULT_LEGACY_QUIET_MS),
             parity_window: Duration::from_millis(DEFAULT_PARITY_WINDOW_MS),
+            shadow_window: Duration::from_millis(DEFAULT_SHADOW_WINDOW_MS),
+            shadow_min_samples: DEFAULT_SHADOW_MIN_SAMPLES,
+            shadow_min_per_kind: DEFAULT_SHADOW_MIN_PER_KIND,
         }
     }
 }
@@ -408,6 +424,7 @@ impl PhaseService {
         if (Phase::InternalReads..=Phase::Writes).contains(&to) {
             checks.push(self.validation_check().await?);
             checks.push(self.parity_check().await?);
+            checks.push(self.shadow_check().await?);
         }
         if to == Phase::Writes && kind == MoveKind::Forward {
             checks.push(self.id_range_check().await);
@@ -472,6 +489,56 @@ impl PhaseService {
                 "{received} double writes received {relation} {proxied} member writes proxied \
                  to legacy in the last {}",
                 human_age(self.settings.parity_window)
+            ),
+        ))
+    }
+
+    /// When shadow reads ran in the window: enough of them, of each kind,
+    /// and mismatches (differences that persisted on the re-check) below
+    /// 0.1%, overall and per kind. No shadows is no evidence either way.
+    async fn shadow_check(&self) -> Result<Check> {
+        let now = self.clock.now_ms().div_euclid(1000);
+        let window = i64::try_from(self.settings.shadow_window.as_secs()).unwrap_or(i64::MAX);
+        let since = now.saturating_sub(window);
+        let mut figures = Vec::new();
+        let (mut total, mut total_mismatches, mut pass) = (0, 0, true);
+        let min_per_kind = i64::try_from(self.settings.shadow_min_per_kind).unwrap_or(i64::MAX);
+        for (shadows, mismatches, name) in [
+            (
+                LegacyTraffic::ShadowLogin,
+                LegacyTraffic::ShadowLoginMismatch,
+                "login",
+            ),
+            (
+                LegacyTraffic::ShadowMe,
+                LegacyTraffic::ShadowMeMismatch,
+                "me",
+            ),
+        ] {
+            let ran = self.store.legacy_traffic_since(shadows, since).await?;
+            let mismatched = self.store.legacy_traffic_since(mismatches, since).await?;
+            pass &= ran >= min_per_kind && within_mismatch_rate(mismatched, ran);
+            figures.push(format!("{name} {mismatched}/{ran}"));
+            total += ran;
+            total_mismatches += mismatched;
+        }
+        let window = human_age(self.settings.shadow_window);
+        if total == 0 {
+            return Ok(Check::new(
+                "shadow-agreement",
+                true,
+                format!("no shadow reads in the last {window}"),
+            ));
+        }
+        let min_samples = i64::try_from(self.settings.shadow_min_samples).unwrap_or(i64::MAX);
+        pass &= total >= min_samples && within_mismatch_rate(total_mismatches, total);
+        Ok(Check::new(
+            "shadow-agreement",
+            pass,
+            format!(
+                "{total_mismatches} mismatches in {total} shadow reads in the last {window} ({}; \
+                 under 0.1% of at least {min_samples}, {min_per_kind} of each kind)",
+                figures.join(", ")
             ),
         ))
     }
@@ -704,4 +771,9 @@ fn human_age(age: Duration) -> String {
 
 fn millis(duration: Duration) -> Millis {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// `mismatches` of `shadows` is under the allowed rate (0.1%).
+fn within_mismatch_rate(mismatches: i64, shadows: i64) -> bool {
+    mismatches.saturating_mul(1_000_000) < SHADOW_MAX_MISMATCHES_PER_MILLION.saturating_mul(shadows)
 }
