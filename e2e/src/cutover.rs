@@ -212,6 +212,12 @@ impl Cutover {
             // by default); `move_to` waits it out through the checks.
             "--legacy-quiet-ms",
             "2000",
+            // A test's traffic is a shop's minute at most: whatever shadow
+            // reads it runs must agree, however few.
+            "--shadow-min-samples",
+            "0",
+            "--shadow-min-per-kind",
+            "0",
         ]
         .iter()
         .map(|a| (*a).to_owned())

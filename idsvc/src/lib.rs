@@ -125,13 +125,24 @@ pub async fn run(config: IdsvcConfig, shutdown: CancellationToken) -> anyhow::Re
 
 async fn purge_periodically(service: Arc<IdentityService>, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(60));
+    let mut each_second = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = every.tick() => {}
+            _ = shutdown.cancelled() => break,
+            _ = each_second.tick() => {
+                if let Err(err) = service.store_shadow_counts().await {
+                    warn!(cause = %err, "storing shadow read counts failed");
+                }
+            }
+            _ = every.tick() => {
+                if let Err(err) = service.purge_expired().await {
+                    warn!(cause = %err, "purging expired login throttles failed");
+                }
+            }
         }
-        if let Err(err) = service.purge_expired().await {
-            warn!(cause = %err, "purging expired login throttles failed");
-        }
+    }
+    // The last second's shadows: a clean stop loses none.
+    if let Err(err) = service.store_shadow_counts().await {
+        warn!(cause = %err, "storing shadow read counts failed");
     }
 }

@@ -208,17 +208,16 @@ async fn gate(state: AppState, route: Route, request: Request, next: Next) -> Re
                 }
                 return routed(answer, "legacy", number);
             };
-            let rid = request_id(&request);
             let answer = legacy.forward(request, &client, phase.phase).await;
             let answer = if route == Route::Login {
                 let credentials = (
                     field("email").unwrap_or_default().to_owned(),
                     Zeroizing::new(field("password").unwrap_or_default().to_owned()),
                 );
-                shadows.login(slot, &state.upstream, rid, credentials, answer.status());
+                shadows.login(slot, &state.upstream, credentials, answer.status());
                 answer
             } else {
-                shadows.me(slot, &state.upstream, rid, answer)
+                shadows.me(slot, &state.upstream, answer)
             };
             routed(answer, "legacy", number)
         }

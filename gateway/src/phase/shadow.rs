@@ -24,15 +24,16 @@ use http::StatusCode;
 use http_body::Frame;
 use idbase_proto::v1 as pb;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use zeroize::Zeroizing;
 
 pub const DEFAULT_SHADOW_PERCENT: f64 = 1.0;
-/// Shadows in flight per gateway: a handful of idsvc calls, never a queue.
-pub const DEFAULT_SHADOW_CONCURRENCY: u32 = 16;
+/// Shadows in flight per gateway, waiting for their batch included: two
+/// full batches. Each holds a read's few hundred bytes.
+pub const DEFAULT_SHADOW_CONCURRENCY: u32 = 512;
 /// Long enough for a double write in flight to land (legacy writes idbase
 /// before it answers, so this is a request's time plus replication).
 pub const DEFAULT_SHADOW_RECHECK_MS: u64 = 3000;
@@ -40,6 +41,10 @@ pub const DEFAULT_SHADOW_RECHECK_MS: u64 = 3000;
 const MAX_COMPARED_BODY: usize = 8 * 1024;
 /// How long a shadow waits for the rest of legacy's `me` body.
 const BODY_WAIT: Duration = Duration::from_secs(10);
+/// Reads per `ShadowReads` call, at most (idsvc's limit).
+const MAX_BATCH: usize = 256;
+/// How long the first read of a batch waits for others.
+const BATCH_WAIT: Duration = Duration::from_millis(20);
 
 /// `idbase gateway` flags for shadow reads.
 #[derive(Clone, Debug, clap::Args)]
@@ -51,7 +56,7 @@ pub struct ShadowArgs {
     pub shadow_percent: f64,
     /// Shadow reads in flight at most; more are dropped (counted).
     #[arg(long, env = "IDBASE_SHADOW_CONCURRENCY", default_value_t = DEFAULT_SHADOW_CONCURRENCY,
-          value_parser = clap::value_parser!(u32).range(1..=1024))]
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub shadow_concurrency: u32,
     /// A shadow whose comparison differs is compared again this many
     /// milliseconds later; only a difference that persists is a mismatch.
@@ -85,6 +90,10 @@ pub struct Shadows {
     per_million: u64,
     permits: Arc<Semaphore>,
     recheck: Duration,
+    queue: mpsc::UnboundedSender<Queued>,
+    /// Taken by the first shadow, which starts the batcher (it needs the
+    /// runtime and the upstream).
+    batcher: Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
 }
 
 /// A sampled read with its place among the shadows in flight.
@@ -92,13 +101,33 @@ pub struct Slot {
     _permit: OwnedSemaphorePermit,
 }
 
+/// A read waiting for its batch; it holds its slot until it is settled.
+struct Queued {
+    read: pb::shadow_read::Read,
+    recheck: bool,
+    /// Held, not read: the read's place among the shadows in flight.
+    _slot: Slot,
+}
+
+impl Queued {
+    fn kind(&self) -> &'static str {
+        match self.read {
+            pb::shadow_read::Read::Login(_) => "login",
+            pb::shadow_read::Read::Me(_) => "me",
+        }
+    }
+}
+
 impl Shadows {
     pub fn new(percent: f64, concurrency: usize, recheck: Duration) -> Self {
+        let (queue, batcher) = mpsc::unbounded_channel();
         Self {
             // Whole parts per million: 0.0001% is the finest share.
             per_million: (percent * 10_000.0).round() as u64,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             recheck,
+            queue,
+            batcher: Mutex::new(Some(batcher)),
         }
     }
 
@@ -124,7 +153,6 @@ impl Shadows {
         self: &Arc<Self>,
         slot: Slot,
         upstream: &Upstream,
-        request_id: String,
         (email, password): (String, Zeroizing<String>),
         legacy_status: StatusCode,
     ) {
@@ -133,24 +161,17 @@ impl Shadows {
             StatusCode::UNAUTHORIZED => false,
             _ => return,
         };
-        let read = pb::shadow_read_request::Read::Login(pb::ShadowLogin {
+        let read = pb::shadow_read::Read::Login(pb::ShadowLogin {
             email,
             password: password.to_string(),
             legacy_accepted,
         });
-        let (shadows, upstream) = (Arc::clone(self), upstream.clone());
-        tokio::spawn(async move { shadows.compare(slot, &upstream, &request_id, read).await });
+        self.enqueue(upstream, read, slot);
     }
 
     /// Shadows a `me` read: the response is passed on untouched, its body
-    /// copied on the way; the comparison starts once it has all gone by.
-    pub fn me(
-        self: &Arc<Self>,
-        slot: Slot,
-        upstream: &Upstream,
-        request_id: String,
-        response: Response,
-    ) -> Response {
+    /// copied on the way; the comparison is queued once it has all gone by.
+    pub fn me(self: &Arc<Self>, slot: Slot, upstream: &Upstream, response: Response) -> Response {
         if response.status() != StatusCode::OK {
             return response;
         }
@@ -166,55 +187,112 @@ impl Shadows {
             let Ok(Ok(body)) = tokio::time::timeout(BODY_WAIT, copied).await else {
                 return;
             };
-            let Some(read) = me_read(&body) else {
-                counted("me", "unreadable");
-                return;
-            };
-            shadows.compare(slot, &upstream, &request_id, read).await;
+            match me_read(&body) {
+                Some(read) => shadows.enqueue(&upstream, read, slot),
+                None => counted("me", "unreadable"),
+            }
         });
         Response::from_parts(parts, Body::new(tee))
     }
 
-    async fn compare(
-        &self,
-        _slot: Slot,
-        upstream: &Upstream,
-        request_id: &str,
-        read: pb::shadow_read_request::Read,
-    ) {
-        let kind = match read {
-            pb::shadow_read_request::Read::Login(_) => "login",
-            pb::shadow_read_request::Read::Me(_) => "me",
+    fn enqueue(self: &Arc<Self>, upstream: &Upstream, read: pb::shadow_read::Read, slot: Slot) {
+        let batcher = self
+            .batcher
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(batcher) = batcher {
+            tokio::spawn(batch(Arc::downgrade(self), batcher, upstream.clone()));
+        }
+        let queued = Queued {
+            read,
+            recheck: false,
+            _slot: slot,
         };
-        let call = |recheck: bool| {
-            let request = pb::ShadowReadRequest {
-                read: Some(read.clone()),
-                recheck,
-            };
-            upstream.call(Retry::Unsafe, request_id, request, |mut c, r| async move {
-                c.shadow_read(r).await
-            })
+        // The batcher ends only after the last `Shadows`, which is here.
+        let _ = self.queue.send(queued);
+    }
+
+    /// Sends one batch and settles each read: agreed, dropped, failed, or
+    /// (a first comparison that differs) queued again after the re-check delay.
+    async fn compare(self: Arc<Self>, batch: Vec<Queued>, upstream: Upstream) {
+        let request = pb::ShadowReadsRequest {
+            reads: batch
+                .iter()
+                .map(|queued| pb::ShadowRead {
+                    read: Some(queued.read.clone()),
+                    recheck: queued.recheck,
+                })
+                .collect(),
         };
-        let outcome = match call(false).await {
-            Ok(answer) if answer.differences.is_empty() => "match",
-            Ok(_) => {
-                tokio::time::sleep(self.recheck).await;
-                match call(true).await {
-                    Ok(answer) if answer.differences.is_empty() => "transient",
-                    Ok(_) => "mismatch",
-                    Err(status) => failure(&status),
+        let answer = upstream
+            .call(
+                Retry::Unsafe,
+                "shadow-reads",
+                request,
+                |mut c, r| async move { c.shadow_reads(r).await },
+            )
+            .await;
+        let results = match answer {
+            Ok(answer) if answer.results.len() == batch.len() => answer.results,
+            _ => {
+                for queued in &batch {
+                    counted(queued.kind(), "failed");
+                }
+                return;
+            }
+        };
+        for (queued, result) in batch.into_iter().zip(results) {
+            let kind = queued.kind();
+            match (
+                result.dropped,
+                result.differences.is_empty(),
+                queued.recheck,
+            ) {
+                (true, ..) => counted(kind, "dropped"),
+                (false, true, false) => counted(kind, "match"),
+                (false, true, true) => counted(kind, "transient"),
+                (false, false, true) => counted(kind, "mismatch"),
+                (false, false, false) => {
+                    metrics::counter!("idbase_gateway_shadow_rechecks_total", "kind" => kind)
+                        .increment(1);
+                    let shadows = Arc::clone(&self);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(shadows.recheck).await;
+                        let again = Queued {
+                            recheck: true,
+                            ..queued
+                        };
+                        let _ = shadows.queue.send(again);
+                    });
                 }
             }
-            Err(status) => failure(&status),
-        };
-        counted(kind, outcome);
+        }
     }
 }
 
-fn failure(status: &tonic::Status) -> &'static str {
-    match status.code() {
-        tonic::Code::ResourceExhausted => "dropped",
-        _ => "failed",
+/// Gathers queued reads into calls of up to [`MAX_BATCH`], each sent once
+/// the first read of it has waited [`BATCH_WAIT`]: one call per batch
+/// instead of one per read is what keeps shadows cheap. Holds the shadows
+/// weakly, so that it ends with the gateway's state.
+async fn batch(
+    shadows: Weak<Shadows>,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
+    upstream: Upstream,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + BATCH_WAIT;
+        while batch.len() < MAX_BATCH {
+            match tokio::time::timeout_at(deadline, queue.recv()).await {
+                Ok(Some(queued)) => batch.push(queued),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let Some(shadows) = shadows.upgrade() else {
+            return;
+        };
+        tokio::spawn(shadows.compare(batch, upstream.clone()));
     }
 }
 
@@ -227,7 +305,7 @@ fn counted(kind: &'static str, outcome: &'static str) {
 
 /// The member in legacy's `me` answer (idbase's shape: `id` a decimal
 /// string, `email`, `phone` or null).
-fn me_read(body: &[u8]) -> Option<pb::shadow_read_request::Read> {
+fn me_read(body: &[u8]) -> Option<pb::shadow_read::Read> {
     #[derive(serde::Deserialize)]
     struct Me {
         id: String,
@@ -235,7 +313,7 @@ fn me_read(body: &[u8]) -> Option<pb::shadow_read_request::Read> {
         phone: Option<String>,
     }
     let me: Me = serde_json::from_slice(body).ok()?;
-    Some(pb::shadow_read_request::Read::Me(pb::ShadowMe {
+    Some(pb::shadow_read::Read::Me(pb::ShadowMe {
         member_id: me.id.parse().ok()?,
         email: me.email,
         phone: me.phone,
@@ -317,7 +395,7 @@ mod tests {
             br#"{"id":"7","email":"a@example.com","phone":null}"#
         );
         assert_eq!(copied.await.unwrap(), client);
-        let Some(pb::shadow_read_request::Read::Me(me)) = me_read(&client) else {
+        let Some(pb::shadow_read::Read::Me(me)) = me_read(&client) else {
             panic!("not read");
         };
         assert_eq!((me.member_id, me.phone), (7, None));

@@ -17,8 +17,8 @@ pub use error::{Error, Result};
 pub use identity::{
     DEFAULT_ACCESS_TTL_SECS, DEFAULT_CREDENTIAL_FAILURE_FLOOR_MS, DEFAULT_REFRESH_GRACE_SECS,
     DEFAULT_REFRESH_TTL_DAYS, DEFAULT_SESSION_IDLE_DAYS, DEFAULT_SESSION_MAX_DAYS, IdempotencyKey,
-    IdentityService, LegacyFields, LegacyUser, Policy, Principal, REGISTRATION_KEY_TTL, ShadowRead,
-    TokenPair, User, UserChanges, days, flag_nonconforming_email,
+    IdentityService, LegacyFields, LegacyUser, Policy, Principal, REGISTRATION_KEY_TTL,
+    ShadowCheck, ShadowRead, TokenPair, User, UserChanges, days, flag_nonconforming_email,
 };
 pub use password::{DEFAULT_MIN_PASSWORD_CHARS, MAX_PASSWORD_CHARS, Password};
 pub use phone::Phone;

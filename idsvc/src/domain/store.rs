@@ -186,6 +186,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes registration keys that expired before `now`.
     async fn purge_registrations(&self, now: Millis) -> StoreResult<u64>;
     async fn user(&self, id: UserId) -> StoreResult<Option<UserRow>>;
+    /// The members of `ids` that are stored, in no particular order.
+    async fn users(&self, ids: &[UserId]) -> StoreResult<Vec<UserRow>>;
     async fn user_by_email_index(&self, index: &[u8]) -> StoreResult<Option<UserRow>>;
     /// The user, if the session is live and belongs to them.
     async fn user_in_session(&self, id: UserId, session_id: &str) -> StoreResult<Option<UserRow>>;

@@ -2,8 +2,8 @@
 //! the domain, nothing else.
 
 use crate::domain::{
-    self, IdempotencyKey, IdentityService, LegacyUser, Principal, ShadowRead, SourceNetwork,
-    UpsertOutcome, UserChanges,
+    self, IdempotencyKey, IdentityService, LegacyUser, Principal, ShadowCheck, ShadowRead,
+    SourceNetwork, UpsertOutcome, UserChanges,
 };
 use idbase_proto::v1::{self as pb, identity_server::Identity};
 use std::sync::Arc;
@@ -189,37 +189,63 @@ impl Identity for IdentityGrpc {
         Ok(Response::new(token_pair(pair)))
     }
 
-    async fn shadow_read(
+    async fn shadow_reads(
         &self,
-        request: Request<pb::ShadowReadRequest>,
-    ) -> Result<Response<pb::ShadowReadResponse>, Status> {
-        let span = span(&request, "shadow_read");
-        let r = request.into_inner();
-        let read = match r.read {
-            Some(pb::shadow_read_request::Read::Login(login)) => ShadowRead::Login {
-                email: login.email,
-                password: zeroize::Zeroizing::new(login.password),
-                legacy_accepted: login.legacy_accepted,
-            },
-            Some(pb::shadow_read_request::Read::Me(me)) => ShadowRead::Me {
-                member_id: me.member_id,
-                email: me.email,
-                phone: me.phone,
-            },
-            None => {
-                return Err(Status::invalid_argument(
-                    "a shadow read names a login or a me read",
-                ));
-            }
-        };
-        let differences = self
+        request: Request<pb::ShadowReadsRequest>,
+    ) -> Result<Response<pb::ShadowReadsResponse>, Status> {
+        /// A batch the gateway sends is at most this long.
+        const MAX_BATCH: usize = 256;
+        let span = span(&request, "shadow_reads");
+        let reads = request.into_inner().reads;
+        if reads.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_BATCH} shadow reads per call"
+            )));
+        }
+        let checks = reads
+            .into_iter()
+            .map(|r| {
+                let read = match r.read {
+                    Some(pb::shadow_read::Read::Login(login)) => ShadowRead::Login {
+                        email: login.email,
+                        password: zeroize::Zeroizing::new(login.password),
+                        legacy_accepted: login.legacy_accepted,
+                    },
+                    Some(pb::shadow_read::Read::Me(me)) => ShadowRead::Me {
+                        member_id: me.member_id,
+                        email: me.email,
+                        phone: me.phone,
+                    },
+                    None => {
+                        return Err(Status::invalid_argument(
+                            "a shadow read names a login or a me read",
+                        ));
+                    }
+                };
+                Ok(ShadowCheck {
+                    read,
+                    recheck: r.recheck,
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let results = self
             .service
-            .shadow_read(read, r.recheck)
+            .shadow_reads(checks)
             .instrument(span)
-            .await?;
-        Ok(Response::new(pb::ShadowReadResponse {
-            differences: differences.into_iter().map(str::to_owned).collect(),
-        }))
+            .await?
+            .into_iter()
+            .map(|result| match result {
+                Ok(differences) => pb::ShadowReadResult {
+                    differences: differences.into_iter().map(str::to_owned).collect(),
+                    dropped: false,
+                },
+                Err(_) => pb::ShadowReadResult {
+                    differences: vec![],
+                    dropped: true,
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::ShadowReadsResponse { results }))
     }
 
     async fn get_jwks(&self, _request: Request<pb::Empty>) -> Result<Response<pb::Jwks>, Status> {

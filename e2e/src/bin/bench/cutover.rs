@@ -15,7 +15,11 @@
 //! following it, 100 `SetPhase` ramp steps and moves between phases 2 and 3;
 //! after each, both gateways' `/readyz` is polled every millisecond until
 //! both route by the new generation. The figure is the p99, over the moves,
-//! of the slower gateway, timed from the moment `SetPhase` was sent.
+//! of the slower gateway, timed from the moment `SetPhase` was sent. Then,
+//! in phase 1, the cost of shadow reads: the same load of legacy-served
+//! `me` reads (each with its own session) through the gateway without
+//! shadows and through the one shadowing 10% of them, alternately; CPU per
+//! request of that gateway and idsvc together, and the clients' p99.
 
 use crate::load::{Stats, cpu_seconds};
 use anyhow::{Context, bail};
@@ -75,24 +79,41 @@ pub struct ProxyArgs {
 const ANSWER: &str = r#"{"id":"4711","email":"ann@example.com","display_name":"Ann","phone":null,"email_verified":true,"version":7,"created_at":"2024-03-01T09:00:00Z"}"#;
 const CLIENT_TOKEN: &str = "bench-cutover-web-client";
 const GATEWAY_TOKEN: &str = "bench-cutover-gateway-credential";
+/// Legacy-shaped access tokens: this and a request number.
 const BEARER: &str = "Bearer la_bench0123456789abcdef";
+const INTERNAL_TOKEN: &str = "bench-cutover-internal-client";
+/// The half (b) figures.
+const FLEET_FIGURES: [&str; 8] = [
+    "phase_propagation_p99_ms",
+    "shadow_cpu_cost_percent",
+    "shadow_p99_delta_ms",
+    "shadow_off_cpu_us_per_request",
+    "shadow_on_cpu_us_per_request",
+    "shadow_off_p99_ms",
+    "shadow_on_p99_ms",
+    "shadow_reads",
+];
+/// The share of reads shadowed in the cost figure.
+const SHADOW_PERCENT: &str = "10";
 
 pub async fn run(args: Args) -> anyhow::Result<Value> {
     let dir = tempfile::tempdir()?;
     let upstream = static_upstream().await?;
     let mut figures = proxy_vs_nginx(&args, dir.path(), upstream).await?;
-    let propagation = if args.no_propagation {
+    let fleet = if args.no_propagation {
         None
     } else {
-        match phase_propagation(&args, dir.path(), upstream).await {
-            Ok(p99) => Some(p99),
+        match fleet(&args, dir.path(), upstream).await {
+            Ok(fleet) => Some(fleet),
             Err(error) => {
-                eprintln!("phase propagation not measured: {error:#}");
+                eprintln!("phase propagation and shadow reads not measured: {error:#}");
                 None
             }
         }
     };
-    figures["phase_propagation_p99_ms"] = json!(propagation);
+    for name in FLEET_FIGURES {
+        figures[name] = fleet.as_ref().map_or(Value::Null, |f| f[name].clone());
+    }
     Ok(figures)
 }
 
@@ -367,11 +388,19 @@ async fn keep_alive_loop(
         hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp)).await?;
     tokio::spawn(connection);
     let host = target.to_string();
+    // Each request its own session, as a fleet of members' apps would be:
+    // shadow reads of `me` are sampled per session.
+    let connection: u64 = rand::random();
+    let mut n = 0u64;
     while Instant::now() < deadline {
+        n += 1;
         let request = Request::get("/v1/users/me")
             .header(hyper::header::HOST, &host)
             .header("client-token", CLIENT_TOKEN)
-            .header(hyper::header::AUTHORIZATION, BEARER)
+            .header(
+                hyper::header::AUTHORIZATION,
+                format!("{BEARER}{connection:016x}{n:012}"),
+            )
             .header(
                 hyper::header::USER_AGENT,
                 "idbase-ios/5.2 (iPhone; iOS 18.1)",
@@ -439,7 +468,7 @@ pub async fn serve_proxy(args: ProxyArgs) -> anyhow::Result<Value> {
 /// Part (b), written against the cutover's design (idsvc's `--admin-credentials`,
 /// the gateway's `--idsvc-admin` phase following and `/readyz` generation):
 /// fails with the processes' complaint where those are not there yet.
-async fn phase_propagation(args: &Args, dir: &Path, legacy: SocketAddr) -> anyhow::Result<f64> {
+async fn fleet(args: &Args, dir: &Path, legacy: SocketAddr) -> anyhow::Result<Value> {
     use idbase_proto::v1::phases_client::PhasesClient;
     use idbase_proto::v1::{GetPhaseRequest, SetPhaseRequest};
     use sha2::{Digest, Sha256};
@@ -476,8 +505,10 @@ async fn phase_propagation(args: &Args, dir: &Path, legacy: SocketAddr) -> anyho
     std::fs::write(
         &clients,
         format!(
-            "[[client]]\nid = \"bench-web\"\nclass = \"web\"\ntoken_sha256 = \"{}\"\n",
-            sha(CLIENT_TOKEN)
+            "[[client]]\nid = \"bench-web\"\nclass = \"web\"\ntoken_sha256 = \"{}\"\n\n\
+             [[client]]\nid = \"bench-internal\"\nclass = \"internal\"\ntoken_sha256 = \"{}\"\n",
+            sha(CLIENT_TOKEN),
+            sha(INTERNAL_TOKEN)
         ),
     )?;
 
@@ -499,8 +530,11 @@ async fn phase_propagation(args: &Args, dir: &Path, legacy: SocketAddr) -> anyho
             .context("starting idsvc")?,
     );
     let mut gateways = Vec::new();
-    for n in 0..2 {
-        let http = e2e::free_addr()?;
+    let mut listeners = Vec::new();
+    // The first gateway runs no shadow reads, the second shadows
+    // SHADOW_PERCENT of the reads it sends to legacy.
+    for (n, shadows) in ["0", SHADOW_PERCENT].into_iter().enumerate() {
+        let (http, metrics) = (e2e::free_addr()?, e2e::free_addr()?);
         processes.push(
             Command::new(&binary)
                 .args([
@@ -509,6 +543,10 @@ async fn phase_propagation(args: &Args, dir: &Path, legacy: SocketAddr) -> anyho
                     &format!("http://{grpc}"),
                     "--http",
                     &http,
+                    "--metrics",
+                    &metrics,
+                    "--shadow-percent",
+                    shadows,
                 ])
                 .arg("--clients")
                 .arg(&clients)
@@ -526,6 +564,10 @@ async fn phase_propagation(args: &Args, dir: &Path, legacy: SocketAddr) -> anyho
                 .context("starting a gateway")?,
         );
         gateways.push(format!("http://{http}/readyz"));
+        listeners.push((
+            http.parse::<SocketAddr>()?,
+            format!("http://{metrics}/metrics"),
+        ));
     }
     let http = reqwest::Client::new();
     // Learned once, the phase shows in /readyz (ready or not: phases 1–4 wait on legacy).
@@ -629,7 +671,86 @@ async fn phase_propagation(args: &Args, dir: &Path, legacy: SocketAddr) -> anyho
         slowest.value_at_quantile(0.99) as f64 / 1000.0,
         slowest.max() as f64 / 1000.0
     );
-    Ok(slowest.value_at_quantile(0.99) as f64 / 1000.0)
+    let mut figures = json!({
+        "phase_propagation_p99_ms": slowest.value_at_quantile(0.99) as f64 / 1000.0,
+    });
+
+    // Shadow reads' cost: phase 1, legacy (the static upstream) serves
+    // `me`; idbase holds the member it answers with, so shadows agree.
+    set(1, 100).await?;
+    let (gateway_pids, idsvc_pid) = (
+        [processes[1].id(), processes[2].id()],
+        processes[0].id().context("idsvc exited")?,
+    );
+    let member = json!({
+        "email": "ann@example.com",
+        "phone": null,
+        "password_hash": "$argon2id$v=19$m=256,t=1,p=1$c2FsdHNhbHRzYWx0$3Tf4m8cM5eV6cFfY1QSrmXL0yQkH3mvbM2QtYQbo0C0",
+        "version": 1,
+    });
+    let stored = http
+        .put(format!("http://{}/internal/v1/users/4711", listeners[0].0))
+        .header("client-token", INTERNAL_TOKEN)
+        .json(&member)
+        .send()
+        .await?;
+    if !stored.status().is_success() {
+        bail!("storing the bench member: {}", stored.status());
+    }
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        for (shadowing, (addr, _), pid, runs) in [
+            ("off", &listeners[0], gateway_pids[0], &mut off),
+            ("on", &listeners[1], gateway_pids[1], &mut on),
+        ] {
+            let pids = [pid.context("a gateway exited")?, idsvc_pid];
+            let measured = measure(args, *addr, &pids).await?;
+            eprintln!(
+                "round {round}, shadows {shadowing:3} {}  {:.0} µs CPU/request (gateway + idsvc)",
+                measured.stats, measured.cpu_us_per_request
+            );
+            runs.push(measured);
+        }
+    }
+    let mean = |runs: &[Measured], figure: fn(&Measured) -> f64| {
+        runs.iter().map(figure).sum::<f64>() / runs.len().max(1) as f64
+    };
+    let cpu = |m: &Measured| m.cpu_us_per_request;
+    let p99 = |m: &Measured| m.stats.p99_ms;
+    let outcomes = shadow_outcomes(&http, &listeners[1].1).await?;
+    eprintln!("shadow reads by outcome: {outcomes}");
+    figures["shadow_off_cpu_us_per_request"] = json!(mean(&off, cpu));
+    figures["shadow_on_cpu_us_per_request"] = json!(mean(&on, cpu));
+    figures["shadow_cpu_cost_percent"] = json!((mean(&on, cpu) / mean(&off, cpu) - 1.0) * 100.0);
+    figures["shadow_off_p99_ms"] = json!(mean(&off, p99));
+    figures["shadow_on_p99_ms"] = json!(mean(&on, p99));
+    figures["shadow_p99_delta_ms"] = json!(mean(&on, p99) - mean(&off, p99));
+    figures["shadow_reads"] = outcomes;
+    Ok(figures)
+}
+
+/// `idbase_gateway_shadow_reads_total` by outcome, from a gateway's metrics.
+async fn shadow_outcomes(http: &reqwest::Client, metrics_url: &str) -> anyhow::Result<Value> {
+    let text = http.get(metrics_url).send().await?.text().await?;
+    let mut outcomes = serde_json::Map::new();
+    for line in text
+        .lines()
+        .filter(|line| line.starts_with("idbase_gateway_shadow_reads_total{"))
+    {
+        let outcome = line
+            .split("outcome=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or("unknown");
+        let count: u64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let total = outcomes.get(outcome).and_then(Value::as_u64).unwrap_or(0) + count;
+        outcomes.insert(outcome.to_owned(), json!(total));
+    }
+    Ok(Value::Object(outcomes))
 }
 
 /// The generation a gateway routes by, from its `/readyz` body.

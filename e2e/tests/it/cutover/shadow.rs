@@ -33,13 +33,23 @@ async fn write_idbase_only(api: &Api, id: i64, phone: Option<&str>, version: i64
     assert!(answer.status.is_success(), "{answer:?}");
 }
 
-/// The gateway's count of shadow reads of `kind` with `outcome`.
+/// The gateway's count of shadow reads of `kind` with `outcome`
+/// (`rechecking`: first comparisons that differed).
 async fn shadows(cutover: &Cutover, kind: &str, outcome: &str) -> u64 {
     let url = format!("{}/metrics", cutover.gateways[0].metrics_url);
     let text = reqwest::get(url).await.unwrap().text().await.unwrap();
-    let labels = [format!("kind=\"{kind}\""), format!("outcome=\"{outcome}\"")];
+    let (metric, labels) = match outcome {
+        "rechecking" => (
+            "idbase_gateway_shadow_rechecks_total{",
+            vec![format!("kind=\"{kind}\"")],
+        ),
+        _ => (
+            "idbase_gateway_shadow_reads_total{",
+            vec![format!("kind=\"{kind}\""), format!("outcome=\"{outcome}\"")],
+        ),
+    };
     text.lines()
-        .filter(|line| line.starts_with("idbase_gateway_shadow_reads_total{"))
+        .filter(|line| line.starts_with(metric))
         .filter(|line| labels.iter().all(|label| line.contains(label.as_str())))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
@@ -107,11 +117,16 @@ async fn differences_that_persist_are_reported_and_those_a_double_write_settles_
     // idbase lags on member 6 (a double write in flight) and catches up
     // before the re-check: not a mismatch.
     let access = session(6).await;
+    // Its login's shadow settles first: idbase's copy changes below.
+    wait_for_shadows(&cutover, "login", "match", 2).await;
     let legacy_view = api.me(Class::Web, Some(&access)).await;
+    wait_for_shadows(&cutover, "me", "match", 2).await;
     let legacy_phone = legacy_view.body["phone"].as_str().map(str::to_owned);
     write_idbase_only(&api, 6, Some("+819033334444"), version).await;
     let read = api.me(Class::Web, Some(&access)).await;
     assert_eq!(read.body, legacy_view.body);
+    // Member 5's difference was re-checked once; member 6's is the second.
+    wait_for_shadows(&cutover, "me", "rechecking", 2).await;
     write_idbase_only(&api, 6, legacy_phone.as_deref(), version + 1).await;
     wait_for_shadows(&cutover, "me", "transient", 1).await;
     assert_eq!(shadows(&cutover, "me", "mismatch").await, 1);

@@ -13,7 +13,7 @@ mod tokens;
 
 pub use legacy::{LegacyFields, LegacyUser, flag_nonconforming_email};
 pub use register::{IdempotencyKey, REGISTRATION_KEY_TTL};
-pub use shadow::ShadowRead;
+pub use shadow::{ShadowCheck, ShadowRead};
 
 use super::phase::{LegacyTraffic, LegacyTrafficCounter, Phase};
 use super::{
@@ -152,6 +152,7 @@ pub struct IdentityService {
     policy: Policy,
     legacy_traffic: LegacyTrafficCounter,
     mismatch_sampler: shadow::MismatchSampler,
+    shadow_tally: shadow::ShadowTally,
     /// Verified when no account has the email, so that case costs the same.
     dummy_hash: String,
 }
@@ -175,6 +176,7 @@ impl IdentityService {
             hashing,
             policy,
             mismatch_sampler: shadow::MismatchSampler::default(),
+            shadow_tally: shadow::ShadowTally::default(),
             dummy_hash,
         })
     }

@@ -496,10 +496,27 @@ impl PhaseService {
     /// When shadow reads ran in the window: enough of them, of each kind,
     /// and mismatches (differences that persisted on the re-check) below
     /// 0.1%, overall and per kind. No shadows is no evidence either way.
+    /// The window starts no earlier than the latest `migrate validate`:
+    /// shadows before the migration jobs had copied legacy's members
+    /// rightly differed, and say nothing of idbase now.
     async fn shadow_check(&self) -> Result<Check> {
-        let now = self.clock.now_ms().div_euclid(1000);
+        let now_ms = self.clock.now_ms();
+        let now = now_ms.div_euclid(1000);
         let window = i64::try_from(self.settings.shadow_window.as_secs()).unwrap_or(i64::MAX);
-        let since = now.saturating_sub(window);
+        let mut since = now.saturating_sub(window);
+        let mut scope = format!("in the last {}", human_age(self.settings.shadow_window));
+        if let Some(validation) = self.store.latest_validation().await? {
+            // The second it started in may hold shadows from before it.
+            let after = validation.started_at_ms.div_euclid(1000) + 1;
+            if after > since {
+                since = after;
+                let age = u64::try_from(now_ms - validation.started_at_ms).unwrap_or(0);
+                scope = format!(
+                    "since the latest validation started {} ago",
+                    human_age(Duration::from_millis(age))
+                );
+            }
+        }
         let mut figures = Vec::new();
         let (mut total, mut total_mismatches, mut pass) = (0, 0, true);
         let min_per_kind = i64::try_from(self.settings.shadow_min_per_kind).unwrap_or(i64::MAX);
@@ -522,12 +539,11 @@ impl PhaseService {
             total += ran;
             total_mismatches += mismatched;
         }
-        let window = human_age(self.settings.shadow_window);
-        if total == 0 {
+        if total == 0 && total_mismatches == 0 {
             return Ok(Check::new(
                 "shadow-agreement",
                 true,
-                format!("no shadow reads in the last {window}"),
+                format!("no shadow reads {scope}"),
             ));
         }
         let min_samples = i64::try_from(self.settings.shadow_min_samples).unwrap_or(i64::MAX);
@@ -536,7 +552,7 @@ impl PhaseService {
             "shadow-agreement",
             pass,
             format!(
-                "{total_mismatches} mismatches in {total} shadow reads in the last {window} ({}; \
+                "{total_mismatches} mismatches in {total} shadow reads {scope} ({}; \
                  under 0.1% of at least {min_samples}, {min_per_kind} of each kind)",
                 figures.join(", ")
             ),
@@ -773,7 +789,10 @@ fn millis(duration: Duration) -> Millis {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// `mismatches` of `shadows` is under the allowed rate (0.1%).
+/// `mismatches` of `shadows` is under the allowed rate (0.1%); none is,
+/// even of no shadows.
 fn within_mismatch_rate(mismatches: i64, shadows: i64) -> bool {
-    mismatches.saturating_mul(1_000_000) < SHADOW_MAX_MISMATCHES_PER_MILLION.saturating_mul(shadows)
+    mismatches == 0
+        || mismatches.saturating_mul(1_000_000)
+            < SHADOW_MAX_MISMATCHES_PER_MILLION.saturating_mul(shadows)
 }

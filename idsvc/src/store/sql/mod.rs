@@ -178,6 +178,10 @@ impl Store for SqlStore {
         users::user(self, id).await
     }
 
+    async fn users(&self, ids: &[UserId]) -> StoreResult<Vec<UserRow>> {
+        users::users(self, ids).await
+    }
+
     async fn user_by_email_index(&self, index: &[u8]) -> StoreResult<Option<UserRow>> {
         users::user_by_email_index(self, index).await
     }

@@ -222,6 +222,18 @@ pub(super) async fn user(store: &SqlStore, id: UserId) -> StoreResult<Option<Use
     user_where(store, "id = ?", |q| q.bind(id)).await
 }
 
+/// The members of `ids` that are stored, in no particular order.
+pub(super) async fn users(store: &SqlStore, ids: &[UserId]) -> StoreResult<Vec<UserRow>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks = vec!["?"; ids.len()].join(", ");
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id IN ({marks})");
+    let query = ids.iter().fold(sqlx::query(&sql), |q, id| q.bind(*id));
+    let rows = query.fetch_all(&store.pool).await?;
+    Ok(rows.iter().map(user_row).collect::<Result<_, _>>()?)
+}
+
 pub(super) async fn user_by_email_index(
     store: &SqlStore,
     index: &[u8],
