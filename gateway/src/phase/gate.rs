@@ -190,14 +190,16 @@ async fn gate(state: AppState, route: Route, request: Request, next: Next) -> Re
         Decision::To(Side::Idbase) => routed(next.run(request).await, "idbase", number),
         Decision::To(Side::Legacy) => {
             let shadowed = shadows.and_then(|shadows| {
-                let (kind, member) = match route {
-                    Route::Login => ("login", field("email")?.trim().to_lowercase()),
+                let slot = match route {
+                    Route::Login => {
+                        let email = field("email")?.trim().to_lowercase();
+                        shadows.sample_login(&phase.ramp, &email)?
+                    }
                     Route::MeGet if request.method() == Method::GET => {
-                        ("me", bearer(&request)?.to_owned())
+                        shadows.sample_me(bearer(&request)?)?
                     }
                     _ => return None,
                 };
-                let slot = shadows.sample(&phase.ramp, kind, &member)?;
                 Some((shadows, slot))
             });
             let Some((shadows, slot)) = shadowed else {

@@ -14,7 +14,8 @@
 //! Sampling is per member for logins (a keyed hash of the normalised
 //! email, with the fleet's ramp key, so every gateway picks the same
 //! members) and per session for `me` reads (legacy's tokens are opaque:
-//! the member is known only from legacy's answer).
+//! the member is known only from legacy's answer; each gateway keys that
+//! hash itself).
 
 use super::Ramp;
 use crate::upstream::{Retry, Upstream};
@@ -23,6 +24,7 @@ use axum::response::Response;
 use http::StatusCode;
 use http_body::Frame;
 use idbase_proto::v1 as pb;
+use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
@@ -90,6 +92,8 @@ pub struct Shadows {
     per_million: u64,
     permits: Arc<Semaphore>,
     recheck: Duration,
+    /// Keys the `me` reads' sampling.
+    sessions: std::hash::RandomState,
     queue: mpsc::UnboundedSender<Queued>,
     /// Taken by the first shadow, which starts the batcher (it needs the
     /// runtime and the upstream).
@@ -126,16 +130,31 @@ impl Shadows {
             per_million: (percent * 10_000.0).round() as u64,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             recheck,
+            sessions: std::hash::RandomState::new(),
             queue,
             batcher: Mutex::new(Some(batcher)),
         }
     }
 
-    /// Whether the read keyed by `member` (a login's email, a `me` read's
-    /// token) is shadowed, and its slot; a sampled read without room is
-    /// dropped and counted.
-    pub fn sample(&self, ramp: &Ramp, kind: &'static str, member: &str) -> Option<Slot> {
-        if ramp.sample_bucket(member) >= self.per_million {
+    /// Whether a login, keyed by its normalised email, is shadowed, and
+    /// its slot: the fleet's ramp key decides, so a member is shadowed on
+    /// every gateway or on none.
+    pub fn sample_login(&self, ramp: &Ramp, email: &str) -> Option<Slot> {
+        self.slot_if(ramp.sample_bucket(email), "login")
+    }
+
+    /// Whether a `me` read, keyed by its token, is shadowed, and its slot.
+    /// Every `me` read legacy serves pays for this, so it is this process's
+    /// SipHash rather than the fleet's HMAC: a session's reads may be
+    /// shadowed on one gateway and not another, which sampling allows.
+    pub fn sample_me(&self, token: &str) -> Option<Slot> {
+        self.slot_if(self.sessions.hash_one(token) % 1_000_000, "me")
+    }
+
+    /// A sampled read (its bucket below the share) without room is dropped
+    /// and counted.
+    fn slot_if(&self, bucket: u64, kind: &'static str) -> Option<Slot> {
+        if bucket >= self.per_million {
             return None;
         }
         match Arc::clone(&self.permits).try_acquire_owned() {
@@ -420,16 +439,20 @@ mod tests {
         let ramp = Ramp::new(b"fleet ramp key");
         let shadows = Shadows::new(10.0, 1, Duration::ZERO);
         let sampled: Vec<Slot> = (0..10_000)
-            .filter_map(|n| shadows.sample(&ramp, "login", &format!("m{n}@example.com")))
+            .filter_map(|n| shadows.sample_login(&ramp, &format!("m{n}@example.com")))
             .collect();
         // One slot: the first sampled member holds it, every later one is dropped.
         assert_eq!(sampled.len(), 1);
         let shadows = Shadows::new(10.0, 10_000, Duration::ZERO);
-        let sampled = (0..10_000)
-            .filter_map(|n| shadows.sample(&ramp, "login", &format!("m{n}@example.com")))
+        let logins = (0..10_000)
+            .filter_map(|n| shadows.sample_login(&ramp, &format!("m{n}@example.com")))
             .count();
-        assert!((800..1200).contains(&sampled), "{sampled} of 10,000 at 10%");
+        assert!((800..1200).contains(&logins), "{logins} of 10,000 at 10%");
+        let reads = (0..10_000)
+            .filter_map(|n| shadows.sample_me(&format!("la_token{n}")))
+            .count();
+        assert!((800..1200).contains(&reads), "{reads} of 10,000 at 10%");
         let none = Shadows::new(0.0, 10, Duration::ZERO);
-        assert!(none.sample(&ramp, "me", "anyone").is_none());
+        assert!(none.sample_me("anyone").is_none());
     }
 }
