@@ -430,18 +430,7 @@ mod tests {
     async fn work_whose_caller_left_is_not_started() {
         let pool = HashingPool::new(cheap(), 1, 4).unwrap();
         // Hold the only worker until the abandoned job is queued behind it.
-        let (release, hold) = std::sync::mpsc::channel::<()>();
-        let (started, on_worker) = tokio::sync::oneshot::channel::<()>();
-        let worker = pool.clone();
-        let busy = tokio::spawn(async move {
-            worker
-                .run(move || {
-                    let _ = started.send(());
-                    hold.recv().is_ok()
-                })
-                .await
-        });
-        on_worker.await.unwrap();
+        let (release, busy) = hold_the_worker(&pool).await;
         let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = Arc::clone(&ran);
         let abandoned = pool.run(move || flag.store(true, Ordering::SeqCst));
@@ -463,6 +452,21 @@ mod tests {
         let verify = || pool.verify_if_idle(Zeroizing::new("correct horse".into()), stored.clone());
         assert_eq!(verify().await.unwrap(), Verification::Match);
         // Hold the only worker: nothing is queued, yet the pool is busy.
+        let (release, busy) = hold_the_worker(&pool).await;
+        assert!(verify().await.is_err(), "dropped, not queued");
+        release.send(()).unwrap();
+        assert!(busy.await.unwrap().unwrap());
+        assert_eq!(verify().await.unwrap(), Verification::Match);
+    }
+
+    /// Occupies a worker of `pool` until the sender is used; the task
+    /// answers `Ok(true)` once the worker was released.
+    async fn hold_the_worker(
+        pool: &HashingPool,
+    ) -> (
+        std::sync::mpsc::Sender<()>,
+        tokio::task::JoinHandle<Result<bool, PoolFull>>,
+    ) {
         let (release, hold) = std::sync::mpsc::channel::<()>();
         let (started, on_worker) = tokio::sync::oneshot::channel::<()>();
         let worker = pool.clone();
@@ -475,10 +479,7 @@ mod tests {
                 .await
         });
         on_worker.await.unwrap();
-        assert!(verify().await.is_err(), "dropped, not queued");
-        release.send(()).unwrap();
-        assert!(busy.await.unwrap().unwrap());
-        assert_eq!(verify().await.unwrap(), Verification::Match);
+        (release, busy)
     }
 
     fn cheap() -> PasswordParams {
