@@ -215,6 +215,20 @@ async fn check_of(
     (check.pass, check.figure)
 }
 
+/// idsvc with a legacy behind it and one gateway reporting, moved to
+/// phase 1 (double writes): where the guardrails of moves into 2–4 start.
+async fn in_double_write(h: &Harness, shutdown: &CancellationToken) -> PhasesClient<Channel> {
+    let legacy_url = legacy(Arc::new(AtomicI64::new(5_000))).await;
+    let mut c = client(&serve(h, Some(&legacy_url), shutdown).await).await;
+    c.report_phase(as_(GATEWAY, report("gw-1", 1, 0)))
+        .await
+        .unwrap();
+    c.set_phase(as_(ALICE, set(1, 0, 1, "double writes on")))
+        .await
+        .unwrap();
+    c
+}
+
 /// A move refused by its checks, naming `failing` (a check and its figure).
 fn assert_refused_by(refused: &Status, failing: &str) {
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
@@ -649,16 +663,9 @@ async fn moves_into_2_to_4_need_every_proxied_write_double_written(backend: Back
     use idsvc::domain::phase::LegacyTraffic::DoubleWrite;
     use idsvc::domain::{Clock, SystemClock};
     let h = Harness::new(backend).await;
-    let legacy_url = legacy(Arc::new(AtomicI64::new(5_000))).await;
     let shutdown = CancellationToken::new();
-    let mut c = client(&serve(&h, Some(&legacy_url), &shutdown).await).await;
+    let mut c = in_double_write(&h, &shutdown).await;
     validated(&h, true, Duration::ZERO).await;
-    c.report_phase(as_(GATEWAY, report("gw-1", 1, 0)))
-        .await
-        .unwrap();
-    c.set_phase(as_(ALICE, set(1, 0, 1, "double writes on")))
-        .await
-        .unwrap();
     assert_eq!(
         check_of(&mut c, 2, 100, "double-write-parity").await,
         (
@@ -723,15 +730,8 @@ async fn moves_into_2_to_4_need_shadow_reads_to_agree_when_they_ran(backend: Bac
     };
     use idsvc::domain::{Clock, SystemClock};
     let h = Harness::new(backend).await;
-    let legacy_url = legacy(Arc::new(AtomicI64::new(5_000))).await;
     let shutdown = CancellationToken::new();
-    let mut c = client(&serve(&h, Some(&legacy_url), &shutdown).await).await;
-    c.report_phase(as_(GATEWAY, report("gw-1", 1, 0)))
-        .await
-        .unwrap();
-    c.set_phase(as_(ALICE, set(1, 0, 1, "double writes on")))
-        .await
-        .unwrap();
+    let mut c = in_double_write(&h, &shutdown).await;
     let shadow_check =
         async |c: &mut PhasesClient<Channel>| check_of(c, 2, 100, "shadow-agreement").await;
     assert_eq!(
