@@ -377,6 +377,7 @@ async fn shadow_reads_compare_normalised_answers_and_change_nothing(backend: Bac
         (login("taro@example.com", "wrong password!", false), false),
         (login("nobody@example.com", PASSWORD, false), false),
         (login("taro@example.com", "wrong password!", true), false),
+        (login("taro@example.com", "wrong password!", true), true),
     ]
     .into_iter()
     .map(|(read, recheck)| ShadowCheck { read, recheck })
@@ -388,7 +389,7 @@ async fn shadow_reads_compare_normalised_answers_and_change_nothing(backend: Bac
         .into_iter()
         .map(Result::unwrap)
         .collect();
-    let expected: [&[&str]; 8] = [
+    let expected: [&[&str]; 9] = [
         &[],
         &["phone"],
         &["email"],
@@ -396,6 +397,7 @@ async fn shadow_reads_compare_normalised_answers_and_change_nothing(backend: Bac
         &[],
         &[],
         &[],
+        &["outcome"],
         &["outcome"],
     ];
     assert_eq!(differences, expected);
@@ -407,8 +409,8 @@ async fn shadow_reads_compare_normalised_answers_and_change_nothing(backend: Bac
     assert_eq!(since(ShadowMe).await, 3, "re-checks are not new shadows");
     assert_eq!(since(ShadowMeMismatch).await, 1, "only the re-check counts");
     assert_eq!(since(ShadowLogin).await, 4);
-    assert_eq!(since(ShadowLoginMismatch).await, 0);
-    let audited: Vec<_> = h
+    assert_eq!(since(ShadowLoginMismatch).await, 1);
+    let mut audited: Vec<_> = h
         .store
         .security_events(10)
         .await
@@ -417,7 +419,14 @@ async fn shadow_reads_compare_normalised_answers_and_change_nothing(backend: Bac
         .filter(|e| e.kind == "shadow_mismatch")
         .map(|e| (e.user_id, e.detail))
         .collect();
-    assert_eq!(audited, [(Some(42), "me: email differ".to_owned())]);
+    audited.sort();
+    assert_eq!(
+        audited,
+        [
+            (Some(42), "login: outcome differ".to_owned()),
+            (Some(42), "me: email differ".to_owned()),
+        ]
+    );
 
     // Nothing changed: no session, no throttle row, the same stored hash.
     for table in ["sessions", "login_throttle"] {

@@ -153,8 +153,8 @@ impl IdentityService {
                     password,
                     legacy_accepted,
                 } => match self.credentials_match(&email, &password).await {
-                    Ok(accepted) if accepted == legacy_accepted => (None, vec![]),
-                    Ok(_) => (None, vec!["outcome"]),
+                    Ok((accepted, member)) if accepted == legacy_accepted => (member, vec![]),
+                    Ok((_, member)) => (member, vec!["outcome"]),
                     Err(dropped) => {
                         results.push(Err(dropped));
                         continue;
@@ -220,26 +220,29 @@ impl IdentityService {
         Ok(())
     }
 
-    /// Whether idbase would accept these credentials; no session, no
-    /// throttle count, no re-hash. An unknown email is simply not accepted.
-    async fn credentials_match(&self, email: &str, password: &str) -> Result<bool> {
+    /// Whether idbase would accept these credentials, and whose they are
+    /// (for the audit trail); no session, no throttle count, no re-hash.
+    /// An unknown email is simply not accepted.
+    async fn credentials_match(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<(bool, Option<UserId>)> {
         let Ok(email) = Email::parse(email) else {
-            return Ok(false);
+            return Ok((false, None));
         };
         let Some(user) = self
             .store
             .user_by_email_index(&self.index.email(email.as_str()))
             .await?
         else {
-            return Ok(false);
+            return Ok((false, None));
         };
         if crate::domain::password::reject_oversized(password).is_err() {
-            return Ok(false);
+            return Ok((false, Some(user.id)));
         }
-        Ok(self
-            .verify_when_idle(password, user.password_hash)
-            .await?
-            .matched())
+        let verified = self.verify_when_idle(password, user.password_hash).await?;
+        Ok((verified.matched(), Some(user.id)))
     }
 
     /// The fields of the member that differ from what legacy showed, both
