@@ -4,7 +4,11 @@ use prost::Message;
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["idbase/v1/identity.proto", "idbase/v1/phases.proto"];
+    let protos = [
+        "idbase/v1/identity.proto",
+        "idbase/v1/phases.proto",
+        "idbase/v1/admin.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -8,6 +8,7 @@
 use crate::failure::{Failure, chain};
 use crate::tls::{TlsConnector, TlsFiles};
 use http::Uri;
+use idbase_proto::v1::admin_client::AdminClient;
 use idbase_proto::v1::phases_client::PhasesClient;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -93,8 +94,10 @@ impl ConnectionArgs {
 
 /// The admin client: a channel with the bearer token on every call, and
 /// the per-call time limit.
+#[derive(Clone)]
 pub struct Client {
     pub phases: PhasesClient<InterceptedService<Channel, Bearer>>,
+    pub admin: AdminClient<InterceptedService<Channel, Bearer>>,
     pub timeout: Duration,
 }
 
@@ -211,7 +214,8 @@ pub async fn connect(args: &ConnectionArgs, env_token: Option<String>) -> Result
         ))
     })?;
     Ok(Client {
-        phases: PhasesClient::with_interceptor(channel, bearer),
+        phases: PhasesClient::with_interceptor(channel.clone(), bearer.clone()),
+        admin: AdminClient::with_interceptor(channel, bearer),
         timeout: Duration::from_secs(args.timeout.max(1)),
     })
 }
