@@ -58,8 +58,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Dev(_) | Command::Keys(_) | Command::Admin(_) => LogFormat::Pretty,
         _ => LogFormat::Json,
     };
+    // idsvc offers its own log lines to the admin event tail.
+    let log_tail =
+        matches!(cli.command, Command::Idsvc(_) | Command::Dev(_)).then(idsvc::log_tail::layer);
     let log = gateway::telemetry::init_logging(
         cli.log_format.unwrap_or(default_format) == LogFormat::Json,
+        log_tail,
     );
     // `exit` skips destructors: the log guard is dropped first so queued
     // lines reach stderr.

@@ -10,7 +10,8 @@ use std::time::Instant;
 use tracing::Instrument;
 
 /// Installs the process's log subscriber: one JSON object per line (or a
-/// compact human form), filtered by `RUST_LOG` (default `info`), on stderr.
+/// compact human form), filtered by `RUST_LOG` (default `info`), on stderr,
+/// and whatever else `also` does with each line (idsvc's live log tail).
 ///
 /// Lines are formatted on the calling thread and written by a logging
 /// thread through a buffer, so a request never waits on a `write` to a
@@ -18,8 +19,13 @@ use tracing::Instrument;
 /// empties. Nothing is dropped: when the queue (128k lines) is full,
 /// callers wait as they would on a direct write. Keep the guard until the
 /// process ends: dropping it flushes what is queued.
-pub fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
+pub fn init_logging<L>(json: bool, also: L) -> tracing_appender::non_blocking::WorkerGuard
+where
+    L: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("idbase-log")
@@ -28,20 +34,23 @@ pub fn init_logging(json: bool) -> tracing_appender::non_blocking::WorkerGuard {
             std::io::stderr(),
         ));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
+    // The filter is global: `also` sees the lines stderr gets.
+    let subscriber = tracing_subscriber::registry().with(also).with(filter);
+    let lines = tracing_subscriber::fmt::layer().with_writer(writer);
     if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            // The request's span is the only one; listing it again as
-            // `spans` would double every line's cost.
-            .with_span_list(false)
+        subscriber
+            .with(
+                lines
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    // The request's span is the only one; listing it again as
+                    // `spans` would double every line's cost.
+                    .with_span_list(false),
+            )
             .init();
     } else {
-        builder.compact().init();
+        subscriber.with(lines.compact()).init();
     }
     guard
 }

@@ -6,12 +6,14 @@ pub mod crypto;
 pub mod domain;
 pub mod grpc;
 pub mod legacy;
+pub mod log_tail;
 pub mod migration;
 pub mod store;
 
 pub use config::{AdminConfig, IdsvcArgs, IdsvcConfig, PhaseArgs, PolicyArgs, ServiceConfig};
 
 use crate::crypto::{HashingPool, KeyRing, KeyUse};
+use crate::domain::audit::AuditTrail;
 use crate::domain::phase::PhaseService;
 use crate::domain::{IdentityService, Store, SystemClock};
 use crate::store::SqlStore;
@@ -76,11 +78,13 @@ pub async fn serve(
     transport.watch(shutdown.clone());
     let housekeeping = tokio::spawn(purge_periodically(Arc::clone(&service), shutdown.clone()));
     let following = tokio::spawn(Arc::clone(&phases).run(shutdown.clone()));
-    let phases_grpc =
-        grpc::PhasesGrpc::new(phases, Arc::new(admin_config.credentials), shutdown.clone());
+    let trail = AuditTrail::new(Arc::clone(service.store()), Arc::new(SystemClock));
+    let gate = Arc::new(grpc::AdminGate::new(admin_config.credentials, trail));
+    let phases_grpc = grpc::PhasesGrpc::new(phases, Arc::clone(&gate), shutdown.clone());
+    let admin_grpc = grpc::AdminGrpc::new(Arc::clone(&service), gate, shutdown.clone());
     let (identity, admin) = tokio::join!(
         grpc::serve_identity(service, grpc, transport.clone(), probes, shutdown.clone()),
-        grpc::serve_admin(admin, phases_grpc, transport, shutdown.clone()),
+        grpc::serve_admin(admin, phases_grpc, admin_grpc, transport, shutdown.clone()),
     );
     shutdown.cancel();
     housekeeping.await.ok();

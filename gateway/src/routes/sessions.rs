@@ -2,6 +2,7 @@
 
 use super::AppState;
 use crate::api::{Json, LoginBody, RefreshTokenBody, TokenBody};
+use crate::clients::Client;
 use crate::problem::{Problem, problem_of};
 use crate::telemetry::RequestId;
 use crate::upstream::Retry;
@@ -29,6 +30,7 @@ use std::net::IpAddr;
 pub async fn login(
     State(state): State<AppState>,
     Extension(RequestId(rid)): Extension<RequestId>,
+    Extension(client): Extension<Client>,
     source: Option<Extension<SourceIp>>,
     Json(body): Json<LoginBody>,
 ) -> Result<Json<TokenBody>, Problem> {
@@ -37,6 +39,7 @@ pub async fn login(
         password: body.password,
         source_network: source
             .map_or_else(String::new, |Extension(SourceIp(ip))| source_network(ip)),
+        client_id: client.id,
     };
     let result = state
         .upstream

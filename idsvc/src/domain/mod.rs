@@ -1,6 +1,7 @@
 //! The ID service's domain: members, their credentials and sessions, and the
 //! rules that govern them. Plain Rust: no protobuf, no SQL.
 
+pub mod audit;
 mod clock;
 mod email;
 mod error;
@@ -17,8 +18,9 @@ pub use error::{Error, Result};
 pub use identity::{
     DEFAULT_ACCESS_TTL_SECS, DEFAULT_CREDENTIAL_FAILURE_FLOOR_MS, DEFAULT_REFRESH_GRACE_SECS,
     DEFAULT_REFRESH_TTL_DAYS, DEFAULT_SESSION_IDLE_DAYS, DEFAULT_SESSION_MAX_DAYS, IdempotencyKey,
-    IdentityService, LegacyFields, LegacyUser, Policy, Principal, REGISTRATION_KEY_TTL,
-    ShadowCheck, ShadowRead, TokenPair, User, UserChanges, days, flag_nonconforming_email,
+    IdentityService, LegacyFields, LegacyUser, MaskedMember, MemberKey, MemberRecord, Policy,
+    Principal, REGISTRATION_KEY_TTL, ShadowCheck, ShadowRead, TokenPair, User, UserChanges, days,
+    flag_nonconforming_email, mask_email_for_support, mask_phone,
 };
 pub use password::{DEFAULT_MIN_PASSWORD_CHARS, MAX_PASSWORD_CHARS, Password};
 pub use phone::Phone;

@@ -154,6 +154,8 @@ pub struct LegacyExchange<'a> {
     /// A retry within this long of the first exchange rotates its session.
     pub grace_ms: i64,
     pub max_age_ms: i64,
+    /// The client app that presented the token (recorded with a new session).
+    pub client: Option<&'a str>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -214,7 +216,14 @@ pub trait Store: Send + Sync + 'static {
     /// sessions in the same transaction. Returns the outcome and the version now stored for the id.
     async fn upsert_legacy(&self, row: &UserRow) -> StoreResult<(UpsertOutcome, i64)>;
 
-    async fn create_session(&self, token: NewRefreshToken<'_>, now: Millis) -> StoreResult<()>;
+    /// Opens a session with its first refresh token; `client` names the
+    /// client app that opened it.
+    async fn create_session(
+        &self,
+        token: NewRefreshToken<'_>,
+        client: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<()>;
     /// Rotates the presented token into its successor. A token rotated less
     /// than `grace_ms` ago may be presented once more while its child is unused.
     /// A session past `max_age_ms` from its start, or a token older than
@@ -252,6 +261,25 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> StoreResult<()>;
     async fn security_events(&self, limit: i64) -> StoreResult<Vec<SecurityEvent>>;
+    /// A page of the audit trail (the event tail reads it forward and back).
+    async fn security_events_page(&self, page: EventPage) -> StoreResult<Vec<SecurityEvent>>;
+    /// A member's newest `limit` events, newest first.
+    async fn member_events(&self, user_id: UserId, limit: u32) -> StoreResult<Vec<SecurityEvent>>;
+    /// A member's sessions that are neither revoked nor expired at `now`,
+    /// newest first, at most `limit`.
+    async fn member_sessions(
+        &self,
+        user_id: UserId,
+        now: Millis,
+        limit: u32,
+    ) -> StoreResult<Vec<SessionSummary>>;
+    /// Revokes one live session of the member; false when it has none by that id.
+    async fn revoke_member_session(
+        &self,
+        user_id: UserId,
+        session_id: &str,
+        now: Millis,
+    ) -> StoreResult<bool>;
 
     /// Opens a session for a legacy refresh token, or rotates the one it
     /// opened within the grace window (see [`ExchangeOutcome`]). Concurrent
@@ -293,10 +321,32 @@ pub trait Store: Send + Sync + 'static {
     async fn purge_legacy_traffic(&self, before: i64) -> StoreResult<u64>;
 }
 
+/// A stored audit or security event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecurityEvent {
+    /// Its position in the audit trail: increasing, the tail's cursor.
+    pub id: i64,
     pub at: Millis,
     pub kind: String,
     pub user_id: Option<UserId>,
     pub detail: String,
+}
+
+/// A page of the audit trail, in the order it is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventPage {
+    /// The first `limit` events after `id`, oldest first.
+    After { id: i64, limit: u32 },
+    /// The last `limit` events before `id`, newest first.
+    Before { id: i64, limit: u32 },
+}
+
+/// A member's session as support sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub id: String,
+    pub created_at: Millis,
+    /// When its refresh token last rotated; `None` when it never did.
+    pub last_used_at: Option<Millis>,
+    pub client: Option<String>,
 }

@@ -1,11 +1,11 @@
-//! Admin credentials for the admin port's Phases service: a TOML file of
-//! named bearer tokens, each stored as its SHA-256 with a role and an
-//! optional expiry.
+//! Admin credentials for the admin port (the Phases and Admin services): a
+//! TOML file of named bearer tokens, one per person, each stored as its
+//! SHA-256 with a role and an optional expiry.
 //!
 //! ```toml
 //! [[admin]]
 //! name = "alice"
-//! role = "operator"          # viewer | operator | gateway
+//! role = "operator"          # viewer | support | operator | gateway
 //! token_sha256 = "…hex…"
 //! expires = "2027-06-30T00:00:00Z"   # optional
 //! ```
@@ -22,9 +22,13 @@ use time::format_description::well_known::Rfc3339;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AdminRole {
-    /// Read and watch the phase, run its checks.
+    /// Read and watch the phase, run its checks, tail the events; no
+    /// member data.
     Viewer,
-    /// Everything a viewer may, and move the phase.
+    /// Everything a viewer may, and look members up, reveal them and revoke
+    /// their sessions (each with a reason).
+    Support,
+    /// Everything support may, and move the phase.
     Operator,
     /// A gateway in plain-text mode: watch the phase and report.
     Gateway,
@@ -34,6 +38,7 @@ impl AdminRole {
     pub fn name(self) -> &'static str {
         match self {
             AdminRole::Viewer => "viewer",
+            AdminRole::Support => "support",
             AdminRole::Operator => "operator",
             AdminRole::Gateway => "gateway",
         }
@@ -45,7 +50,7 @@ pub struct AdminCredential {
     pub name: String,
     pub role: AdminRole,
     token_sha256: [u8; 32],
-    expires: Option<OffsetDateTime>,
+    pub expires: Option<OffsetDateTime>,
 }
 
 /// Why a token was not accepted.

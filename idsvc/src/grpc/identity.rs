@@ -89,7 +89,7 @@ impl Identity for IdentityGrpc {
         };
         let pair = self
             .service
-            .login_from(&r.email, &r.password, source)
+            .login_from(&r.email, &r.password, source, &r.client_id)
             .instrument(span)
             .await?;
         Ok(Response::new(token_pair(pair)))

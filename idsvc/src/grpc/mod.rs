@@ -3,6 +3,8 @@
 //! by certificate identity ([`authz`]), or plain text on loopback
 //! ([`transport`]); and a plain-text health port for kubelet probes.
 
+mod admin;
+mod admin_gate;
 pub mod authz;
 pub mod credentials;
 mod identity;
@@ -11,11 +13,14 @@ pub mod status;
 pub mod tls;
 pub mod transport;
 
+pub use admin::AdminGrpc;
+pub use admin_gate::AdminGate;
 pub use identity::IdentityGrpc;
 pub use phases::PhasesGrpc;
 pub use transport::{Transport, TransportArgs};
 
 use crate::domain::IdentityService;
+use idbase_proto::v1::admin_server::{self, AdminServer};
 use idbase_proto::v1::identity_server::{self, IdentityServer};
 use idbase_proto::v1::phases_server::{self, PhasesServer};
 use std::sync::Arc;
@@ -83,10 +88,11 @@ pub async fn serve_identity(
     Ok(served?)
 }
 
-/// The admin port: the Phases service, health and reflection.
+/// The admin port: the Phases and Admin services, health and reflection.
 pub async fn serve_admin(
     listener: TcpListener,
     phases: PhasesGrpc,
+    admin: AdminGrpc,
     transport: Transport,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -95,13 +101,17 @@ pub async fn serve_admin(
     Server::builder()
         .layer(authz::AuthorizeLayer)
         .add_service(health_service)
-        .add_service(reflection(&[phases_server::SERVICE_NAME]).build_v1()?)
-        .add_service(reflection(&[phases_server::SERVICE_NAME]).build_v1alpha()?)
+        .add_service(reflection(ADMIN_SERVICES).build_v1()?)
+        .add_service(reflection(ADMIN_SERVICES).build_v1alpha()?)
         .add_service(PhasesServer::new(phases))
+        .add_service(AdminServer::new(admin))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     Ok(())
 }
+
+/// What the admin port serves besides health and reflection.
+const ADMIN_SERVICES: &[&str] = &[phases_server::SERVICE_NAME, admin_server::SERVICE_NAME];
 
 /// The services every port serves besides its own: health and both
 /// reflection versions.

@@ -3,8 +3,7 @@
 //! the audit of every call, and conversions between protobuf and the
 //! domain's phase service.
 
-use super::authz::{Caller, Peer, Role};
-use super::credentials::{AdminCredentials, AdminRole, AuthFailure};
+use super::admin_gate::{AdminGate, AdminRpc};
 use crate::domain::phase::{
     Check, GatewayReport, MoveRequest, PhaseChange, PhaseService, PhaseState,
 };
@@ -12,10 +11,9 @@ use futures::Stream;
 use idbase_proto::v1::{self as pb, phases_server::Phases};
 use std::pin::Pin;
 use std::sync::Arc;
-use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use tracing::info;
 
 /// The longest gateway id kept (it names a row in `gateway_reports`).
 const MAX_GATEWAY_ID_CHARS: usize = 128;
@@ -24,42 +22,9 @@ const MAX_GATEWAY_ID_CHARS: usize = 128;
 /// can add to the parity counts.
 const MAX_PROXIED_WRITES_PER_REPORT: u64 = 10_000_000;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Rpc {
-    GetPhase,
-    SetPhase,
-    WatchPhase,
-    PhaseHistory,
-    CheckPhase,
-    ReportPhase,
-}
-
-impl Rpc {
-    fn name(self) -> &'static str {
-        match self {
-            Rpc::GetPhase => "GetPhase",
-            Rpc::SetPhase => "SetPhase",
-            Rpc::WatchPhase => "WatchPhase",
-            Rpc::PhaseHistory => "PhaseHistory",
-            Rpc::CheckPhase => "CheckPhase",
-            Rpc::ReportPhase => "ReportPhase",
-        }
-    }
-
-    /// What each admin role may call.
-    fn allows(self, role: AdminRole) -> bool {
-        match role {
-            // Heartbeats hold and lift the write fence: gateways' alone.
-            AdminRole::Operator => !matches!(self, Rpc::ReportPhase),
-            AdminRole::Viewer => !matches!(self, Rpc::SetPhase | Rpc::ReportPhase),
-            AdminRole::Gateway => matches!(self, Rpc::WatchPhase | Rpc::ReportPhase),
-        }
-    }
-}
-
 pub struct PhasesGrpc {
     phases: Arc<PhaseService>,
-    credentials: Arc<AdminCredentials>,
+    gate: Arc<AdminGate>,
     /// Ends the watch streams, so a draining server does not wait on them.
     shutdown: CancellationToken,
 }
@@ -67,92 +32,18 @@ pub struct PhasesGrpc {
 impl PhasesGrpc {
     pub fn new(
         phases: Arc<PhaseService>,
-        credentials: Arc<AdminCredentials>,
+        gate: Arc<AdminGate>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             phases,
-            credentials,
+            gate,
             shutdown,
         }
     }
 
-    /// Who is calling, if they may make this call; audited when refused.
-    async fn authorize<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<String, Status> {
-        let decided = self.decide(request, rpc);
-        if let Err((who, status)) = &decided {
-            let outcome = format!("{:?}", status.code());
-            warn!(who, rpc = rpc.name(), outcome, "admin call refused");
-            self.phases.audit(who, rpc.name(), &outcome).await;
-        }
-        decided.map_err(|(_, status)| status)
-    }
-
-    fn decide<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<String, (String, Status)> {
-        if let Some(Caller {
-            peer:
-                Peer::Certified {
-                    id,
-                    role: Some(Role::Gateway),
-                },
-            ..
-        }) = request.extensions().get::<Caller>()
-            && matches!(rpc, Rpc::WatchPhase | Rpc::ReportPhase)
-        {
-            return Ok(format!(
-                "gateway-certificate {}",
-                id.as_deref().unwrap_or("-")
-            ));
-        }
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| {
-                let (scheme, token) = value.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
-            .ok_or_else(|| {
-                let status =
-                    Status::unauthenticated("an admin token is required (authorization: Bearer …)");
-                ("-".to_owned(), status)
-            })?;
-        let credential = self
-            .credentials
-            .authenticate(token, OffsetDateTime::now_utc())
-            .map_err(|failure| match failure {
-                AuthFailure::Unknown => (
-                    "-".to_owned(),
-                    Status::unauthenticated("unknown admin token"),
-                ),
-                AuthFailure::Expired { name } => {
-                    (name, Status::unauthenticated("the admin token has expired"))
-                }
-            })?;
-        if !rpc.allows(credential.role) {
-            let status = Status::permission_denied(format!(
-                "role {} may not call {}",
-                credential.role.name(),
-                rpc.name()
-            ));
-            return Err((credential.name.clone(), status));
-        }
-        Ok(credential.name.clone())
-    }
-
-    /// Audits the outcome of an authorised call and passes it on.
-    async fn audited<T>(
-        &self,
-        who: &str,
-        rpc: Rpc,
-        result: Result<T, Status>,
-    ) -> Result<Response<T>, Status> {
-        let outcome = match &result {
-            Ok(_) => "ok".to_owned(),
-            Err(status) => format!("{:?}", status.code()),
-        };
-        self.phases.audit(who, rpc.name(), &outcome).await;
-        result.map(Response::new)
+    async fn authorize<T>(&self, request: &Request<T>, rpc: AdminRpc) -> Result<String, Status> {
+        Ok(self.gate.authorize(request, rpc).await?.name)
     }
 }
 
@@ -227,7 +118,7 @@ impl Phases for PhasesGrpc {
         &self,
         request: Request<pb::GetPhaseRequest>,
     ) -> Result<Response<pb::PhaseState>, Status> {
-        let who = self.authorize(&request, Rpc::GetPhase).await?;
+        let who = self.authorize(&request, AdminRpc::GetPhase).await?;
         let keepalive = self.keepalive_ms();
         let result = self
             .phases
@@ -235,14 +126,14 @@ impl Phases for PhasesGrpc {
             .await
             .map(|s| state(s, keepalive))
             .map_err(Status::from);
-        self.audited(&who, Rpc::GetPhase, result).await
+        self.gate.audited(&who, AdminRpc::GetPhase, result).await
     }
 
     async fn set_phase(
         &self,
         request: Request<pb::SetPhaseRequest>,
     ) -> Result<Response<pb::SetPhaseResponse>, Status> {
-        let who = self.authorize(&request, Rpc::SetPhase).await?;
+        let who = self.authorize(&request, AdminRpc::SetPhase).await?;
         let r = request.into_inner();
         let keepalive = self.keepalive_ms();
         let result = self
@@ -263,7 +154,7 @@ impl Phases for PhasesGrpc {
                 checks: checks.into_iter().map(check).collect(),
             })
             .map_err(Status::from);
-        self.audited(&who, Rpc::SetPhase, result).await
+        self.gate.audited(&who, AdminRpc::SetPhase, result).await
     }
 
     type WatchPhaseStream = PhaseStream;
@@ -272,10 +163,12 @@ impl Phases for PhasesGrpc {
         &self,
         request: Request<pb::WatchPhaseRequest>,
     ) -> Result<Response<Self::WatchPhaseStream>, Status> {
-        let who = self.authorize(&request, Rpc::WatchPhase).await?;
+        let who = self.authorize(&request, AdminRpc::WatchPhase).await?;
         let watcher: String = request.into_inner().watcher.chars().take(128).collect();
         info!(who, watcher, "phase watch opened");
-        self.phases.audit(&who, Rpc::WatchPhase.name(), "ok").await;
+        self.gate
+            .record(&who, AdminRpc::WatchPhase, "ok", None)
+            .await;
         let keepalive = self.phases.settings().keepalive;
         let keepalive_ms = self.keepalive_ms();
         let changes = self.phases.subscribe();
@@ -319,7 +212,7 @@ impl Phases for PhasesGrpc {
         &self,
         request: Request<pb::PhaseHistoryRequest>,
     ) -> Result<Response<pb::PhaseHistoryResponse>, Status> {
-        let who = self.authorize(&request, Rpc::PhaseHistory).await?;
+        let who = self.authorize(&request, AdminRpc::PhaseHistory).await?;
         let result = self
             .phases
             .history(request.into_inner().limit)
@@ -328,14 +221,16 @@ impl Phases for PhasesGrpc {
                 changes: changes.into_iter().map(change).collect(),
             })
             .map_err(Status::from);
-        self.audited(&who, Rpc::PhaseHistory, result).await
+        self.gate
+            .audited(&who, AdminRpc::PhaseHistory, result)
+            .await
     }
 
     async fn check_phase(
         &self,
         request: Request<pb::CheckPhaseRequest>,
     ) -> Result<Response<pb::CheckPhaseResponse>, Status> {
-        let who = self.authorize(&request, Rpc::CheckPhase).await?;
+        let who = self.authorize(&request, AdminRpc::CheckPhase).await?;
         let r = request.into_inner();
         let result = self
             .phases
@@ -348,14 +243,14 @@ impl Phases for PhasesGrpc {
                 checks: outcome.checks.into_iter().map(check).collect(),
             })
             .map_err(Status::from);
-        self.audited(&who, Rpc::CheckPhase, result).await
+        self.gate.audited(&who, AdminRpc::CheckPhase, result).await
     }
 
     async fn report_phase(
         &self,
         request: Request<pb::PhaseReport>,
     ) -> Result<Response<pb::Empty>, Status> {
-        let who = self.authorize(&request, Rpc::ReportPhase).await?;
+        let who = self.authorize(&request, AdminRpc::ReportPhase).await?;
         let result = match report(request.into_inner()) {
             Ok((report, proxied)) => self
                 .phases
@@ -367,7 +262,11 @@ impl Phases for PhasesGrpc {
         match result {
             // A heartbeat every 500 ms per gateway: only failures are audited.
             Ok(()) => Ok(Response::new(pb::Empty {})),
-            Err(status) => self.audited(&who, Rpc::ReportPhase, Err(status)).await,
+            Err(status) => {
+                self.gate
+                    .audited(&who, AdminRpc::ReportPhase, Err(status))
+                    .await
+            }
         }
     }
 }

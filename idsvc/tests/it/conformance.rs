@@ -417,7 +417,7 @@ async fn tokens_that_name_no_session_still_rotate(backend: Backend) {
     };
     // Started now: a session is bounded by its lifetime from its start.
     h.store
-        .create_session(token, idsvc::domain::Clock::now_ms(&*h.clock))
+        .create_session(token, None, idsvc::domain::Clock::now_ms(&*h.clock))
         .await
         .unwrap();
     let rotated = h.service.refresh(&bare).await.unwrap();
@@ -1054,32 +1054,37 @@ async fn one_network_cannot_lock_out_a_member_but_many_lock_the_email(backend: B
     let attacker = network("198.51.100.7");
     for _ in 0..3 {
         assert!(matches!(
-            s.login_from("hanako@example.com", "wrong guess here", attacker)
+            s.login_from("hanako@example.com", "wrong guess here", attacker, "")
                 .await,
             Err(Error::InvalidCredentials)
         ));
     }
     // The attacker's network is locked, another address in its /24 too ...
     assert!(matches!(
-        s.login_from("hanako@example.com", PASSWORD, network("198.51.100.200"))
-            .await,
+        s.login_from(
+            "hanako@example.com",
+            PASSWORD,
+            network("198.51.100.200"),
+            ""
+        )
+        .await,
         Err(Error::Throttled { .. })
     ));
     // ... but the member at home is not.
-    s.login_from("hanako@example.com", PASSWORD, network("203.0.113.9"))
+    s.login_from("hanako@example.com", PASSWORD, network("203.0.113.9"), "")
         .await
         .unwrap();
     // A distributed attack: one guess from each of 15 networks (5 × 3).
     for n in 0..15 {
         let from = network(&format!("192.0.{n}.1"));
         assert!(matches!(
-            s.login_from("hanako@example.com", "wrong guess here", from)
+            s.login_from("hanako@example.com", "wrong guess here", from, "")
                 .await,
             Err(Error::InvalidCredentials)
         ));
     }
     assert!(matches!(
-        s.login_from("hanako@example.com", PASSWORD, network("203.0.113.9"))
+        s.login_from("hanako@example.com", PASSWORD, network("203.0.113.9"), "")
             .await,
         Err(Error::Throttled { .. })
     ));

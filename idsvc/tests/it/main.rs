@@ -20,6 +20,7 @@ macro_rules! on_both_backends {
     };
 }
 
+mod admin;
 mod conformance;
 mod cutover;
 mod hardening;

@@ -20,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
-const ALICE: &str = "alice-operator-token";
-const EVE: &str = "eve-viewer-token";
+pub(crate) const ALICE: &str = "alice-operator-token";
+pub(crate) const EVE: &str = "eve-viewer-token";
+pub(crate) const SAM: &str = "sam-support-token";
 const GATEWAY: &str = "gateway-token";
 const EXPIRED: &str = "old-operator-token";
 const LEGACY_TOKEN: &str = "legacy-secret";
@@ -48,6 +49,7 @@ fn credentials() -> AdminCredentials {
     let text = [
         entry("alice", "operator", ALICE, ""),
         entry("eve", "viewer", EVE, ""),
+        entry("sam", "support", SAM, ""),
         entry("gw", "gateway", GATEWAY, ""),
         entry(
             "old",
@@ -132,7 +134,11 @@ async fn validated(h: &Harness, passed: bool, ago: Duration) {
 }
 
 /// idsvc on loopback over the harness's store; the admin port's URL.
-async fn serve(h: &Harness, legacy_url: Option<&str>, shutdown: &CancellationToken) -> String {
+pub(crate) async fn serve(
+    h: &Harness,
+    legacy_url: Option<&str>,
+    shutdown: &CancellationToken,
+) -> String {
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_url = format!("http://{}", admin.local_addr().unwrap());
@@ -173,7 +179,7 @@ async fn client(url: &str) -> PhasesClient<Channel> {
     panic!("{url} never answered");
 }
 
-fn as_<T>(token: &str, message: T) -> Request<T> {
+pub(crate) fn as_<T>(token: &str, message: T) -> Request<T> {
     let mut request = Request::new(message);
     request
         .metadata_mut()
@@ -353,6 +359,14 @@ async fn tokens_and_roles_gate_every_call_and_every_call_is_audited(backend: Bac
             .iter()
             .any(|e| e.kind == "admin_call" && e.detail == detail)
     };
+    assert!(
+        audit.iter().any(|e| e.kind == "phase_change"
+            && e.detail
+                .starts_with("who=alice 0 legacy → 1 double-write weight 100 ")
+            && e.detail.contains(" forced=true ")
+            && e.detail.ends_with(" reason=legacy checked by hand")),
+        "{audit:#?}"
+    );
     for detail in [
         "who=- rpc=GetPhase outcome=Unauthenticated",
         "who=old rpc=GetPhase outcome=Unauthenticated",

@@ -440,7 +440,7 @@ pub async fn serve_proxy(args: ProxyArgs) -> anyhow::Result<Value> {
     use gateway::clients::{Client, ClientClass, Clients, require_client};
     use gateway::legacy::{Legacy, LegacyArgs};
 
-    let _log = gateway::telemetry::init_logging(true);
+    let _log = gateway::telemetry::init_logging(true, tracing_subscriber::layer::Identity::new());
     let config = LegacyArgs {
         legacy_url: Some(args.legacy_url),
         legacy_token_file: Some(args.legacy_token_file),

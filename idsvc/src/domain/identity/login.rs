@@ -13,16 +13,18 @@ use zeroize::Zeroizing;
 impl IdentityService {
     /// Logs in from an unknown network (all such logins share one).
     pub async fn login(&self, email: &str, password: &str) -> Result<TokenPair> {
-        self.login_from(email, password, None).await
+        self.login_from(email, password, None, "").await
     }
 
     /// Logs in; failures are counted per (email, `source`) and per email
-    /// (see `domain::throttle`).
+    /// (see `domain::throttle`). `client_id` names the client app (kept
+    /// with the session; empty when unknown).
     pub async fn login_from(
         &self,
         email: &str,
         password: &str,
         source: Option<SourceNetwork>,
+        client_id: &str,
     ) -> Result<TokenPair> {
         let email = Email::parse(email).map_err(|_| Error::InvalidCredentials)?;
         let started = Instant::now();
@@ -59,7 +61,8 @@ impl IdentityService {
         if verification == Verification::MatchNeedsRehash {
             self.upgrade_hash(&user, password).await;
         }
-        self.start_session(user.id).await
+        self.start_session(user.id, super::tokens::client_label(client_id).as_deref())
+            .await
     }
 
     /// Pads a failed credential check (login, current password) with an

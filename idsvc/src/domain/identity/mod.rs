@@ -9,11 +9,13 @@ mod login;
 mod profile;
 mod register;
 mod shadow;
+mod support;
 mod tokens;
 
 pub use legacy::{LegacyFields, LegacyUser, flag_nonconforming_email};
 pub use register::{IdempotencyKey, REGISTRATION_KEY_TTL};
 pub use shadow::{ShadowCheck, ShadowRead};
+pub use support::{MaskedMember, MemberKey, MemberRecord, mask_email_for_support, mask_phone};
 
 use super::phase::{LegacyTraffic, LegacyTrafficCounter, Phase};
 use super::{

@@ -101,9 +101,8 @@ impl IdentityService {
         self.legacy_traffic
             .count(LegacyTraffic::TokenExchange, 1)
             .await?;
-        // Logged only; the gateway names its clients, but bound what reaches the log.
-        let client_id: String = client_id.chars().take(64).collect();
-        let client_id = client_id.as_str();
+        let client = client_label(client_id);
+        let client_id = client.as_deref().unwrap_or("-");
         let new_session = uuid::Uuid::new_v4().to_string();
         let secret = tokens::new_refresh_secret();
         let successor = |user_id: UserId, session_id: &str| {
@@ -121,6 +120,7 @@ impl IdentityService {
                 now,
                 grace_ms: millis(self.policy.refresh_grace),
                 max_age_ms: millis(self.policy.session_max_age),
+                client: client.as_deref(),
             })
             .await?;
         let session_id = match outcome {
@@ -147,7 +147,12 @@ impl IdentityService {
         self.token_pair(user_id, &session_id, refresh, now)
     }
 
-    pub(super) async fn start_session(&self, user_id: UserId) -> Result<TokenPair> {
+    /// Opens a session for the member; `client` is the client app that asked.
+    pub(super) async fn start_session(
+        &self,
+        user_id: UserId,
+        client: Option<&str>,
+    ) -> Result<TokenPair> {
         let session_id = uuid::Uuid::new_v4().to_string();
         let refresh = tokens::refresh_token(&tokens::new_refresh_secret(), user_id, &session_id);
         let now = self.clock.now_ms();
@@ -157,7 +162,7 @@ impl IdentityService {
             user_id,
             expires_at: now + millis(self.policy.refresh_ttl.min(self.policy.session_max_age)),
         };
-        self.store.create_session(token, now).await?;
+        self.store.create_session(token, client, now).await?;
         self.token_pair(user_id, &session_id, refresh, now)
     }
 
@@ -183,4 +188,15 @@ impl IdentityService {
             expires_in: self.policy.access_ttl,
         })
     }
+}
+
+/// The client app's id as the gateway names it, kept with the session for
+/// support (and logged): printable ASCII, at most 64 characters; `None` when
+/// the gateway did not say or said something else.
+pub(super) fn client_label(client_id: &str) -> Option<String> {
+    let client_id = client_id.trim();
+    let fits = !client_id.is_empty()
+        && client_id.len() <= 64
+        && client_id.bytes().all(|b| b.is_ascii_graphic());
+    fits.then(|| client_id.to_owned())
 }

@@ -641,7 +641,10 @@ impl PhaseService {
         };
         let failing = checks.iter().any(|c| !c.pass);
         if failing && !request.force {
-            return Err(Error::PhaseRefused(refusal(&checks)));
+            let refused = refusal(&checks);
+            let detail = format!("who={who} {} → {to} weight {weight}: {refused}", from.phase);
+            self.event("phase_refused", &detail).await;
+            return Err(Error::PhaseRefused(refused));
         }
         let now = self.clock.now_ms();
         let next = PhaseState {
@@ -683,6 +686,11 @@ impl PhaseService {
             from = %from.phase, to = %to, weight, generation = next.generation,
             forced = failing, fence = next.write_fence, "phase moved"
         );
+        let detail = format!(
+            "who={who} {} → {to} weight {weight} generation {} forced={failing} fence={} reason={reason}",
+            from.phase, next.generation, next.write_fence
+        );
+        self.event("phase_change", &detail).await;
         self.publish(next.clone());
         if next.write_fence {
             // With no live gateway the fence goes at once.
@@ -748,20 +756,24 @@ impl PhaseService {
         }
         metrics::histogram!("idbase_phase_fence_seconds").record(fence_ms as f64 / 1000.0);
         info!(generation = next.generation, fence_ms, "write fence lifted");
+        let detail = format!("generation {} after {fence_ms} ms", next.generation);
+        self.event("phase_fence_lifted", &detail).await;
         self.publish(next.clone());
         Ok(next)
     }
+}
 
-    /// Records an admin call in the audit trail (who, which RPC, outcome).
-    pub async fn audit(&self, who: &str, rpc: &str, outcome: &str) {
-        let detail = format!("who={who} rpc={rpc} outcome={outcome}");
+impl PhaseService {
+    /// Records a phase event in the audit trail; a failure to record is
+    /// logged, never the move's failure (the history holds the move).
+    async fn event(&self, kind: &str, detail: &str) {
         let detail: String = detail.chars().take(1000).collect();
         if let Err(err) = self
             .store
-            .record_security_event("admin_call", None, &detail, self.clock.now_ms())
+            .record_security_event(kind, None, &detail, self.clock.now_ms())
             .await
         {
-            warn!(cause = %err, rpc, "auditing an admin call failed");
+            warn!(cause = %err, kind, "recording a phase event failed");
         }
     }
 }

@@ -7,9 +7,9 @@ use crate::domain::phase::{
     GatewayReport, LastValidation, LegacyTraffic, PhaseChange, PhaseState, PhaseSwap,
 };
 use crate::domain::{
-    ExchangeOutcome, LegacyExchange, Millis, NewRefreshToken, NewUser, Registration, RotateOutcome,
-    Rotation, Sealer, SecurityEvent, Store, StoreResult, ThrottleState, Tombstone, UpsertOutcome,
-    UserId, UserRow,
+    EventPage, ExchangeOutcome, LegacyExchange, Millis, NewRefreshToken, NewUser, Registration,
+    RotateOutcome, Rotation, Sealer, SecurityEvent, SessionSummary, Store, StoreResult,
+    ThrottleState, Tombstone, UpsertOutcome, UserId, UserRow,
 };
 use anyhow::Context;
 use async_trait::async_trait;
@@ -215,8 +215,13 @@ impl Store for SqlStore {
         users::upsert_legacy(self, row).await
     }
 
-    async fn create_session(&self, token: NewRefreshToken<'_>, now: Millis) -> StoreResult<()> {
-        sessions::create_session(self, token, now).await
+    async fn create_session(
+        &self,
+        token: NewRefreshToken<'_>,
+        client: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<()> {
+        sessions::create_session(self, token, client, now).await
     }
 
     async fn rotate_refresh_token(&self, rotation: Rotation<'_>) -> StoreResult<RotateOutcome> {
@@ -269,6 +274,32 @@ impl Store for SqlStore {
 
     async fn security_events(&self, limit: i64) -> StoreResult<Vec<SecurityEvent>> {
         audit::security_events(self, limit).await
+    }
+
+    async fn security_events_page(&self, page: EventPage) -> StoreResult<Vec<SecurityEvent>> {
+        audit::security_events_page(self, page).await
+    }
+
+    async fn member_events(&self, user_id: UserId, limit: u32) -> StoreResult<Vec<SecurityEvent>> {
+        audit::member_events(self, user_id, limit).await
+    }
+
+    async fn member_sessions(
+        &self,
+        user_id: UserId,
+        now: Millis,
+        limit: u32,
+    ) -> StoreResult<Vec<SessionSummary>> {
+        sessions::member_sessions(self, user_id, now, limit).await
+    }
+
+    async fn revoke_member_session(
+        &self,
+        user_id: UserId,
+        session_id: &str,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        sessions::revoke_member_session(self, user_id, session_id, now).await
     }
 
     async fn exchange_legacy_session(

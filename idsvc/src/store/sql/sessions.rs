@@ -3,8 +3,8 @@
 
 use super::SqlStore;
 use crate::domain::{
-    ExchangeOutcome, LegacyExchange, Millis, NewRefreshToken, RotateOutcome, Rotation, StoreResult,
-    UserId,
+    ExchangeOutcome, LegacyExchange, Millis, NewRefreshToken, RotateOutcome, Rotation,
+    SessionSummary, StoreResult, UserId,
 };
 use crate::store::unique_key::LEGACY_EXCHANGE;
 use sqlx::{AnyConnection, Row};
@@ -216,6 +216,7 @@ async fn rotate_locked(store: &SqlStore, r: &Rotation<'_>) -> StoreResult<Rotate
 pub(super) async fn create_session(
     store: &SqlStore,
     token: NewRefreshToken<'_>,
+    client: Option<&str>,
     now: Millis,
 ) -> StoreResult<()> {
     // Two statements, no transaction (BEGIN and COMMIT were two of a
@@ -223,10 +224,11 @@ pub(super) async fn create_session(
     // session without a token, which nothing can use or list.
     let _writer = store.writer().await;
     let mut conn = store.pool.acquire().await?;
-    sqlx::query("INSERT INTO sessions (id, user_id, created_at) VALUES (?, ?, ?)")
+    sqlx::query("INSERT INTO sessions (id, user_id, created_at, client) VALUES (?, ?, ?, ?)")
         .bind(token.session_id)
         .bind(token.user_id)
         .bind(now)
+        .bind(client)
         .execute(&mut *conn)
         .await?;
     insert_refresh_token(&mut conn, &token, now).await?;
@@ -314,12 +316,15 @@ async fn exchange_once(
                 Err(err) if LEGACY_EXCHANGE.violated_by(&err) => return Ok(None),
                 other => other?,
             };
-            sqlx::query("INSERT INTO sessions (id, user_id, created_at) VALUES (?, ?, ?)")
-                .bind(e.session_id)
-                .bind(e.user_id)
-                .bind(e.now)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO sessions (id, user_id, created_at, client) VALUES (?, ?, ?, ?)",
+            )
+            .bind(e.session_id)
+            .bind(e.user_id)
+            .bind(e.now)
+            .bind(e.client)
+            .execute(&mut *tx)
+            .await?;
             let hash = (e.successor)(e.user_id, e.session_id);
             let token = NewRefreshToken {
                 hash: &hash,
@@ -380,4 +385,53 @@ pub(super) async fn exchange_legacy_session(
         }
     }
     Ok(ExchangeOutcome::Invalid)
+}
+
+pub(super) async fn member_sessions(
+    store: &SqlStore,
+    user_id: UserId,
+    now: Millis,
+    limit: u32,
+) -> StoreResult<Vec<SessionSummary>> {
+    // A session's newest refresh token was issued at its last rotation (the
+    // first one at login, with the session).
+    let rows: Vec<(String, Millis, Option<String>, Millis)> = sqlx::query_as(
+        "SELECT s.id, s.created_at, s.client, MAX(r.created_at) FROM sessions s \
+         JOIN refresh_tokens r ON r.session_id = s.id \
+         WHERE s.user_id = ? AND s.revoked_at IS NULL \
+         GROUP BY s.id, s.created_at, s.client HAVING MAX(r.expires_at) > ? \
+         ORDER BY s.created_at DESC LIMIT ?",
+    )
+    .bind(user_id)
+    .bind(now)
+    .bind(i64::from(limit))
+    .fetch_all(&store.pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, created_at, client, newest)| SessionSummary {
+            id,
+            created_at,
+            last_used_at: (newest > created_at).then_some(newest),
+            client,
+        })
+        .collect())
+}
+
+pub(super) async fn revoke_member_session(
+    store: &SqlStore,
+    user_id: UserId,
+    session_id: &str,
+    now: Millis,
+) -> StoreResult<bool> {
+    let _writer = store.writer().await;
+    let done = sqlx::query(
+        "UPDATE sessions SET revoked_at = ? WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(session_id)
+    .bind(user_id)
+    .execute(&store.pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
