@@ -69,7 +69,7 @@ pub enum PhaseCommand {
 }
 
 /// A reason idsvc will accept: not blank, at most 500 characters.
-fn reason(text: &str) -> Result<String, String> {
+pub fn reason(text: &str) -> Result<String, String> {
     let text = text.trim();
     if text.is_empty() {
         return Err("the reason must not be empty".into());

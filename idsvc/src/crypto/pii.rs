@@ -129,6 +129,11 @@ impl BlindIndex {
         self.digest(b"email", normalised_email)
     }
 
+    /// The lookup index of a phone in E.164 form.
+    pub fn phone(&self, e164: &str) -> [u8; 32] {
+        self.digest(b"phone", e164)
+    }
+
     /// The failed-login counter key for a submitted email (member or not).
     pub fn login_throttle(&self, normalised_email: &str) -> [u8; 32] {
         self.digest(b"login-throttle", normalised_email)

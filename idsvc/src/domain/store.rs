@@ -31,6 +31,9 @@ pub struct UserRow {
     pub email_sealed: Vec<u8>,
     pub email_index: Vec<u8>,
     pub phone_sealed: Option<Vec<u8>>,
+    /// Keyed blind index of the E.164 phone, for support's lookup by phone
+    /// (not unique: members may share a number).
+    pub phone_index: Option<Vec<u8>>,
     pub password_hash: String,
     pub version: i64,
     pub created_at: Millis,
@@ -41,6 +44,7 @@ pub struct UserRow {
 pub struct SealedPii {
     pub email_sealed: Vec<u8>,
     pub phone_sealed: Option<Vec<u8>>,
+    pub phone_index: Option<Vec<u8>>,
 }
 
 /// Seals personal data once the user's id is known.
@@ -191,6 +195,8 @@ pub trait Store: Send + Sync + 'static {
     /// The members of `ids` that are stored, in no particular order.
     async fn users(&self, ids: &[UserId]) -> StoreResult<Vec<UserRow>>;
     async fn user_by_email_index(&self, index: &[u8]) -> StoreResult<Option<UserRow>>;
+    /// The members whose phone has this blind index, at most `limit`, by id.
+    async fn users_by_phone_index(&self, index: &[u8], limit: u32) -> StoreResult<Vec<UserRow>>;
     /// The user, if the session is live and belongs to them.
     async fn user_in_session(&self, id: UserId, session_id: &str) -> StoreResult<Option<UserRow>>;
     /// Writes `row` if the stored version is still `expected_version`.

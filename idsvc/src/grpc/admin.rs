@@ -131,6 +131,7 @@ fn record(r: MemberRecord) -> pb::MemberRecord {
             })
             .collect(),
         events: r.events.into_iter().map(event).collect(),
+        others_with_phone: Vec::new(),
     }
 }
 
@@ -231,19 +232,20 @@ impl admin_server::Admin for AdminGrpc {
         let key = match r.key {
             Some(Key::MemberId(id)) => member_id(id).map(MemberKey::Id),
             Some(Key::Email(email)) => Ok(MemberKey::Email(email)),
-            Some(Key::Phone(_)) => Err(Status::unimplemented(
-                "lookup by phone needs a phone index, which idbase does not keep; \
-                 look the member up by id or email",
-            )),
+            Some(Key::Phone(phone)) => Ok(MemberKey::Phone(phone)),
             None => Err(Status::invalid_argument(
                 "name the member by member_id, email or phone",
             )),
         };
         let result = async {
             let why = reason(&r.reason)?;
-            let found = self.identity.lookup_member(&key?).await?;
-            let found = found.ok_or_else(|| Status::not_found("no member matches"))?;
-            Ok::<_, Status>((why.to_owned(), record(found)))
+            let mut found = self.identity.lookup_members(&key?).await?.into_iter();
+            let first = found
+                .next()
+                .ok_or_else(|| Status::not_found("no member matches"))?;
+            let mut first = record(first);
+            first.others_with_phone = found.map(|other| other.id).collect();
+            Ok::<_, Status>((why.to_owned(), first))
         }
         .await;
         // Audited with the member found (0 when none was), and the reason.

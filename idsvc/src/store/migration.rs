@@ -20,8 +20,8 @@ use sqlx::any::AnyRow;
 use std::collections::HashSet;
 use tokio::sync::mpsc;
 
-const STAGING_COLUMNS: &str = "id, email_sealed, email_index, phone_sealed, password_hash, \
-     version, created_at, updated_at, deleted, loser";
+const STAGING_COLUMNS: &str = "id, email_sealed, email_index, phone_sealed, phone_index, \
+     password_hash, version, created_at, updated_at, deleted, loser";
 
 /// `migration_rejects` column widths: longer ids and reasons are cut.
 const REJECT_ID_CHARS: usize = 64;
@@ -48,10 +48,10 @@ const ELIGIBLE: &str = "s.deleted = 0 AND s.loser = 0 \
 /// types of `users`, so `IGNORE` has nothing else to forgive.
 fn backfill_sql(dialect: Dialect, range: &str) -> String {
     format!(
-        "{} INTO users (id, email_sealed, email_index, phone_sealed, password_hash, version, \
-         created_at, updated_at) \
-         SELECT s.id, s.email_sealed, s.email_index, s.phone_sealed, s.password_hash, s.version, \
-         s.created_at, s.updated_at FROM migration_staging s \
+        "{} INTO users (id, email_sealed, email_index, phone_sealed, phone_index, password_hash, \
+         version, created_at, updated_at) \
+         SELECT s.id, s.email_sealed, s.email_index, s.phone_sealed, s.phone_index, \
+         s.password_hash, s.version, s.created_at, s.updated_at FROM migration_staging s \
          WHERE {range} AND s.deleted = 0 AND s.loser = 0 \
          AND NOT EXISTS (SELECT 1 FROM tombstones t WHERE t.id = s.id AND t.version >= s.version)",
         dialect.insert_ignore()
@@ -86,6 +86,7 @@ fn user_row_of(row: &AnyRow) -> anyhow::Result<UserRow> {
         version: row.try_get(5)?,
         created_at: row.try_get(6)?,
         updated_at: row.try_get(7)?,
+        phone_index: row.try_get(8)?,
     })
 }
 
@@ -212,7 +213,7 @@ impl MigrationStore for SqlStore {
         if !staged.is_empty() {
             // REPLACE: a batch re-read after a crash overwrites its own rows.
             let mut sql = format!("REPLACE INTO migration_staging ({STAGING_COLUMNS}) VALUES ");
-            sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"; staged.len()].join(", "));
+            sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)"; staged.len()].join(", "));
             let mut query = sqlx::query(&sql);
             for r in staged {
                 query = query
@@ -220,6 +221,7 @@ impl MigrationStore for SqlStore {
                     .bind(r.row.email_sealed.as_slice())
                     .bind(r.row.email_index.as_slice())
                     .bind(r.row.phone_sealed.as_deref())
+                    .bind(r.row.phone_index.as_deref())
                     .bind(r.row.password_hash.as_str())
                     .bind(r.row.version)
                     .bind(r.row.created_at)
@@ -458,7 +460,7 @@ impl MigrationStore for SqlStore {
             loop {
                 let rows = sqlx::query(
                     "SELECT id, email_sealed, email_index, phone_sealed, password_hash, version, \
-                     created_at, updated_at FROM users WHERE id > ? ORDER BY id LIMIT ?",
+                     created_at, updated_at, phone_index FROM users WHERE id > ? ORDER BY id LIMIT ?",
                 )
                 .bind(last)
                 .bind(page)

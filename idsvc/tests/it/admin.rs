@@ -8,7 +8,7 @@ use crate::phases::{ALICE, EVE, SAM, as_, serve};
 use idbase_proto::v1 as pb;
 use idbase_proto::v1::admin_client::AdminClient;
 use idbase_proto::v1::lookup_user_request::Key;
-use idsvc::domain::{Clock, Store, SystemClock};
+use idsvc::domain::{Clock, LegacyUser, Store, SystemClock};
 use std::time::Duration;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -126,8 +126,39 @@ async fn support_sees_members_masked_reveals_and_revokes_with_a_reason_and_is_au
     );
     let web_session = found.sessions.iter().find(|s| s.client == "web-shop");
     assert_eq!(web_session.unwrap().last_used_at, None);
+    assert!(found.others_with_phone.is_empty());
     let text = format!("{found:?}");
     assert!(!text.contains("hanako.yamada") && !text.contains("12345678"));
+
+    // By phone, typed any way: members may share a number (a double write
+    // stores its index like a registration does).
+    let (_, sharing) = h
+        .service
+        .upsert_legacy(LegacyUser {
+            id: 77,
+            email: "taro@example.com".into(),
+            phone: Some("+81 90 1234 5678".into()),
+            password_hash: idsvc::crypto::PasswordParams::CHEAP.hash(PASSWORD).unwrap(),
+            version: 1,
+        })
+        .await
+        .unwrap();
+    assert!(sharing >= 1);
+    let by_phone = c
+        .lookup_user(as_(
+            SAM,
+            lookup(Key::Phone("09012345678".into()), "ticket 4712"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_phone.member_id, member.id, "the lowest id first");
+    assert_eq!(by_phone.others_with_phone, [77]);
+    let bad_phone = c
+        .lookup_user(as_(SAM, lookup(Key::Phone("12".into()), "t")))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_phone.code(), Code::InvalidArgument);
 
     // Who may not, what is refused, and what is not there.
     let as_viewer = c

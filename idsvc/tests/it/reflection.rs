@@ -83,6 +83,7 @@ async fn both_ports_list_and_describe_their_services_in_v1alpha_and_v1() {
     public.insert("idbase.v1.Identity".to_owned());
     let mut admin_only: BTreeSet<String> = COMMON.map(String::from).into();
     admin_only.insert("idbase.v1.Phases".to_owned());
+    admin_only.insert("idbase.v1.Admin".to_owned());
     for (url, expected) in [(&grpc_url, &public), (&admin_url, &admin_only)] {
         assert_eq!(
             &listed_services!(v1alpha, url),

@@ -65,6 +65,7 @@ impl IdentityService {
             email_sealed: sealed.email_sealed,
             email_index: fields.email_index.to_vec(),
             phone_sealed: sealed.phone_sealed,
+            phone_index: sealed.phone_index,
             password_hash: fields.password_hash,
             version: legacy.version,
             created_at: now,

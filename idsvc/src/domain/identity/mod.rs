@@ -282,6 +282,7 @@ impl IdentityService {
             phone_sealed: phone
                 .map(|p| self.sealer.seal(Field::Phone, id, p.as_str()))
                 .transpose()?,
+            phone_index: phone.map(|p| self.index.phone(p.as_str()).to_vec()),
         })
     }
 

@@ -58,6 +58,7 @@ impl IdentityService {
             .map_err(Error::internal)?;
         next.email_sealed = sealed.email_sealed;
         next.phone_sealed = sealed.phone_sealed;
+        next.phone_index = sealed.phone_index;
         next.version = next_version(row.version, now);
         next.updated_at = now;
         if !self.store.update_user(&next, row.version).await? {

@@ -4,13 +4,15 @@
 
 use super::{IdentityService, User};
 use crate::domain::{
-    Email, Error, Result, SecurityEvent, SessionSummary, Tombstone, UserId, mask_email,
+    Email, Error, Phone, Result, SecurityEvent, SessionSummary, Tombstone, UserId, mask_email,
 };
 
 /// Sessions listed with a member: more than a member plausibly holds.
 const MAX_SESSIONS: u32 = 50;
 /// A member's most recent security events listed with them.
 const RECENT_EVENTS: u32 = 20;
+/// Members shown for one phone number: a family's, not a call centre's.
+pub const MAX_SHARING_A_PHONE: u32 = 10;
 
 /// How support names a member.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,6 +20,8 @@ pub enum MemberKey {
     Id(UserId),
     /// Any form the member could log in with: normalised before the lookup.
     Email(String),
+    /// Any form the member could have entered: normalised to E.164.
+    Phone(String),
 }
 
 /// A member as support sees them: personal data masked.
@@ -43,10 +47,31 @@ pub struct MaskedMember {
 }
 
 impl IdentityService {
-    /// The member `key` names, masked, with their live sessions and recent
-    /// events; `None` when no member has that id or email and no tombstone
-    /// that id.
-    pub async fn lookup_member(&self, key: &MemberKey) -> Result<Option<MemberRecord>> {
+    /// The members `key` names, masked, with their live sessions and recent
+    /// events: none when no member has that id, email or phone (and no
+    /// tombstone that id); several when members share a phone (at most
+    /// [`MAX_SHARING_A_PHONE`]).
+    pub async fn lookup_members(&self, key: &MemberKey) -> Result<Vec<MemberRecord>> {
+        let rows = match key {
+            MemberKey::Phone(raw) => {
+                let phone = Phone::parse(raw)?;
+                self.store
+                    .users_by_phone_index(&self.index.phone(phone.as_str()), MAX_SHARING_A_PHONE)
+                    .await?
+            }
+            _ => return Ok(self.lookup_member(key).await?.into_iter().collect()),
+        };
+        let mut found = Vec::with_capacity(rows.len());
+        for row in rows {
+            if let Some(record) = self.lookup_member(&MemberKey::Id(row.id)).await? {
+                found.push(record);
+            }
+        }
+        Ok(found)
+    }
+
+    /// The member an id or email names (see [`Self::lookup_members`]).
+    async fn lookup_member(&self, key: &MemberKey) -> Result<Option<MemberRecord>> {
         let row = match key {
             MemberKey::Id(id) => self.store.user(*id).await?,
             MemberKey::Email(raw) => {
@@ -55,6 +80,7 @@ impl IdentityService {
                     .user_by_email_index(&self.index.email(email.as_str()))
                     .await?
             }
+            MemberKey::Phone(_) => return Err(Error::invalid("key", "one member by id or email")),
         };
         let (id, current) = match &row {
             Some(row) => {
@@ -70,7 +96,7 @@ impl IdentityService {
             }
             None => match key {
                 MemberKey::Id(id) => (*id, None),
-                MemberKey::Email(_) => return Ok(None),
+                _ => return Ok(None),
             },
         };
         let tombstone = self.store.tombstone(id).await?;

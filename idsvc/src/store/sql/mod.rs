@@ -186,6 +186,10 @@ impl Store for SqlStore {
         users::user_by_email_index(self, index).await
     }
 
+    async fn users_by_phone_index(&self, index: &[u8], limit: u32) -> StoreResult<Vec<UserRow>> {
+        users::users_by_phone_index(self, index, limit).await
+    }
+
     async fn user_in_session(&self, id: UserId, session_id: &str) -> StoreResult<Option<UserRow>> {
         users::user_in_session(self, id, session_id).await
     }

@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-const USER_COLUMNS: &str =
-    "id, email_sealed, email_index, phone_sealed, password_hash, version, created_at, updated_at";
+const USER_COLUMNS: &str = "id, email_sealed, email_index, phone_sealed, phone_index, password_hash, version, created_at, \
+     updated_at";
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
@@ -33,6 +33,7 @@ fn user_row(row: &AnyRow) -> Result<UserRow, sqlx::Error> {
         email_sealed: row.try_get("email_sealed")?,
         email_index: row.try_get("email_index")?,
         phone_sealed: row.try_get("phone_sealed")?,
+        phone_index: row.try_get("phone_index")?,
         password_hash: row.try_get("password_hash")?,
         version: row.try_get("version")?,
         created_at: row.try_get("created_at")?,
@@ -52,13 +53,14 @@ fn unique_as_email_taken(err: sqlx::Error) -> StoreError {
 
 async fn insert_user_row(conn: &mut AnyConnection, row: &UserRow) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO users (id, email_sealed, email_index, phone_sealed, password_hash, version, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO users (id, email_sealed, email_index, phone_sealed, phone_index, password_hash, \
+         version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(row.id)
     .bind(&row.email_sealed)
     .bind(&row.email_index)
     .bind(&row.phone_sealed)
+    .bind(&row.phone_index)
     .bind(&row.password_hash)
     .bind(row.version)
     .bind(row.created_at)
@@ -74,12 +76,13 @@ async fn update_user_row(
     expected_version: i64,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE users SET email_sealed = ?, email_index = ?, phone_sealed = ?, password_hash = ?, \
-         version = ?, updated_at = ? WHERE id = ? AND version = ?",
+        "UPDATE users SET email_sealed = ?, email_index = ?, phone_sealed = ?, phone_index = ?, \
+         password_hash = ?, version = ?, updated_at = ? WHERE id = ? AND version = ?",
     )
     .bind(&row.email_sealed)
     .bind(&row.email_index)
     .bind(&row.phone_sealed)
+    .bind(&row.phone_index)
     .bind(&row.password_hash)
     .bind(row.version)
     .bind(row.updated_at)
@@ -150,12 +153,15 @@ pub(super) async fn create_user(
             }
         };
         let sealed = seal(id).map_err(StoreError::Database)?;
-        sqlx::query("UPDATE users SET email_sealed = ?, phone_sealed = ? WHERE id = ?")
-            .bind(&sealed.email_sealed)
-            .bind(&sealed.phone_sealed)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE users SET email_sealed = ?, phone_sealed = ?, phone_index = ? WHERE id = ?",
+        )
+        .bind(&sealed.email_sealed)
+        .bind(&sealed.phone_sealed)
+        .bind(&sealed.phone_index)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         if let Some(key) = &user.key {
             // An expired key may be used again.
             sqlx::query("DELETE FROM registration_keys WHERE key_hash = ? AND expires_at <= ?")
@@ -186,6 +192,7 @@ pub(super) async fn create_user(
             email_sealed: sealed.email_sealed,
             email_index: user.email_index.to_vec(),
             phone_sealed: sealed.phone_sealed,
+            phone_index: sealed.phone_index,
             password_hash: user.password_hash.to_owned(),
             version: user.version,
             created_at: user.now,
@@ -415,4 +422,18 @@ pub(super) async fn upsert_legacy(
             .await?;
         Ok((outcome, row.version))
     })
+}
+
+pub(super) async fn users_by_phone_index(
+    store: &SqlStore,
+    index: &[u8],
+    limit: u32,
+) -> StoreResult<Vec<UserRow>> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE phone_index = ? ORDER BY id LIMIT ?");
+    let rows = sqlx::query(&sql)
+        .bind(index)
+        .bind(i64::from(limit))
+        .fetch_all(&store.pool)
+        .await?;
+    Ok(rows.iter().map(user_row).collect::<Result<_, _>>()?)
 }
