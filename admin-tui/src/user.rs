@@ -8,8 +8,7 @@ use crate::output::timestamp;
 use crate::phase::reason;
 use idbase_proto::v1::lookup_user_request::Key;
 use idbase_proto::v1::{
-    LookupUserRequest, MemberRecord, RevealUserRequest, RevealedMember,
-    RevokeSessionsRequest,
+    LookupUserRequest, MemberRecord, RevealUserRequest, RevealedMember, RevokeSessionsRequest,
 };
 use serde::Serialize;
 use std::fmt::Write;
@@ -264,7 +263,11 @@ pub fn json(outcome: &Outcome) -> String {
                     client: &s.client,
                 })
                 .collect(),
-            events: m.events.iter().map(crate::events::EventJson::from).collect(),
+            events: m
+                .events
+                .iter()
+                .map(crate::events::EventJson::from)
+                .collect(),
         },
         Outcome::Revealed(m) => Json::Revealed {
             member_id: m.member_id,

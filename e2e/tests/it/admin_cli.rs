@@ -65,7 +65,14 @@ fn admin(url: &str, token: Option<&str>, args: &[&str]) -> Ran {
 }
 
 impl Dev {
+    /// dev in front of a legacy API nobody listens on.
     async fn start() -> Self {
+        Self::start_with(true).await
+    }
+
+    /// dev, with or without that legacy API (without, the gateway serves
+    /// every member from idsvc).
+    async fn start_with(legacy: bool) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         let admin_addr = free_addr().unwrap();
         let http_addr = free_addr().unwrap();
@@ -73,22 +80,23 @@ impl Dev {
         let no_legacy = free_addr().unwrap();
         let legacy_token = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(legacy_token.path(), "gateway-credential-at-legacy").unwrap();
-        let process = Process(
-            Command::new(binary())
-                .arg("dev")
-                .arg("--data-dir")
-                .arg(data_dir.path())
-                .args(["--http", &http_addr])
-                .args(["--grpc", &free_addr().unwrap()])
-                .args(["--admin-grpc", &admin_addr])
+        let mut command = Command::new(binary());
+        command
+            .arg("dev")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["--http", &http_addr])
+            .args(["--grpc", &free_addr().unwrap()])
+            .args(["--admin-grpc", &admin_addr])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null());
+        if legacy {
+            command
                 .args(["--legacy-url", &format!("http://{no_legacy}")])
                 .arg("--legacy-token-file")
-                .arg(legacy_token.path())
-                .env("RUST_LOG", "error")
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+                .arg(legacy_token.path());
+        }
+        let process = Process(command.spawn().unwrap());
         let credentials = data_dir.path().join("dev-credentials.json");
         let admin_url = format!("http://{admin_addr}");
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -358,4 +366,144 @@ fn usage_errors_exit_2() {
         let ran = admin("http://127.0.0.1:1", Some("token"), args);
         assert_eq!(ran.code, 2, "{args:?}: {}", ran.stderr);
     }
+}
+
+#[tokio::test]
+async fn support_looks_a_member_up_reveals_revokes_and_every_call_is_in_the_events() {
+    let dev = Dev::start_with(false).await;
+    let credentials: Value = serde_json::from_str(
+        &std::fs::read_to_string(dev.data_dir.path().join("dev-credentials.json")).unwrap(),
+    )
+    .unwrap();
+    let web = credentials["clients"]["web"].as_str().unwrap();
+    let http = reqwest::Client::new();
+    let password = "correct horse battery";
+    let registered: Value = http
+        .post(format!("{}/v1/users", dev.gateway_url))
+        .header("Client-Token", web)
+        .json(&serde_json::json!({
+            "email": "hanako@example.com", "password": password, "phone": "090-1234-5678"
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The API carries ids as strings (JavaScript clients lose precision past 2^53).
+    let id = registered["id"].as_str().unwrap().to_owned();
+    let login = http
+        .post(format!("{}/v1/sessions", dev.gateway_url))
+        .header("Client-Token", web)
+        .json(&serde_json::json!({"email": "hanako@example.com", "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert!(login.status().is_success());
+    let tokens: Value = login.json().await.unwrap();
+
+    // Masked, with the session the web client opened.
+    let found = dev.operator(&[
+        "user",
+        "lookup",
+        "--phone",
+        "+81 90-1234-5678",
+        "--reason",
+        "ticket 4711",
+        "--json",
+    ]);
+    assert_eq!(found.code, 0, "{}", found.stderr);
+    let found = found.json();
+    assert_eq!(found["member_id"].to_string(), id, "{found}");
+    assert_eq!(found["email_masked"], "h****@example.com");
+    assert_eq!(found["phone_masked"], "+81 ** **** **78");
+    assert_eq!(found["sessions"][0]["client"], "web", "{found}");
+    let text = dev.operator(&[
+        "user",
+        "lookup",
+        "--email",
+        "HANAKO@example.com",
+        "--reason",
+        "r",
+    ]);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    assert!(
+        text.stdout.contains("email      h****@example.com"),
+        "{}",
+        text.stdout
+    );
+    assert!(!text.stdout.contains("hanako@"), "{}", text.stdout);
+
+    // A reveal needs a reason: refused by the command line before idsvc.
+    let no_reason = dev.operator(&["user", "reveal", &id]);
+    assert_eq!(no_reason.code, 2, "{}", no_reason.stderr);
+    let blank = dev.operator(&["user", "reveal", &id, "--reason", "  "]);
+    assert_eq!(blank.code, 2, "{}", blank.stderr);
+    let revealed = dev.operator(&["user", "reveal", &id, "--reason", "member asked", "--json"]);
+    assert_eq!(revealed.code, 0, "{}", revealed.stderr);
+    assert_eq!(revealed.json()["email"], "hanako@example.com");
+    let unknown = dev.operator(&["user", "lookup", "--id", "999999", "--reason", "r"]);
+    assert_eq!(unknown.code, 1, "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("no member matches"),
+        "{}",
+        unknown.stderr
+    );
+
+    // Revoked: the member's refresh token stops working at once.
+    let revoked = dev.operator(&["user", "revoke", &id, "--all", "--reason", "lost phone"]);
+    assert_eq!(revoked.code, 0, "{}", revoked.stderr);
+    assert!(
+        revoked.stdout.starts_with("revoked 1 live session"),
+        "{}",
+        revoked.stdout
+    );
+    let refresh = http
+        .post(format!("{}/v1/tokens/refresh", dev.gateway_url))
+        .header("Client-Token", web)
+        .json(&serde_json::json!({"refresh_token": tokens["refresh_token"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refresh.status(), 401);
+
+    // Every call is in the events with who made it and why; a cursor resumes.
+    let events = dev.operator(&[
+        "events",
+        "--kind",
+        "admin_call",
+        "--level",
+        "info",
+        "--json",
+    ]);
+    assert_eq!(events.code, 0, "{}", events.stderr);
+    let lines: Vec<Value> = events
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let detail = |d: &str| lines.iter().any(|e| e["detail"] == d);
+    assert!(
+        detail("who=dev rpc=LookupUser outcome=ok reason=ticket 4711"),
+        "{lines:#?}"
+    );
+    assert!(
+        detail("who=dev rpc=RevealUser outcome=ok reason=member asked"),
+        "{lines:#?}"
+    );
+    assert!(
+        detail("who=dev rpc=RevokeSessions outcome=ok reason=lost phone"),
+        "{lines:#?}"
+    );
+    let last = lines.last().unwrap()["cursor"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let after = dev.operator(&["events", "--since", &last, "--kind", "admin_call", "--json"]);
+    assert_eq!(after.code, 0, "{}", after.stderr);
+    assert!(
+        after.stdout.lines().all(|l| !l.contains("RevokeSessions")),
+        "{}",
+        after.stdout
+    );
 }
