@@ -121,6 +121,7 @@ pub fn router_with(config: GatewayConfig, cutover_config: CutoverConfig) -> anyh
         let reported = Reported {
             writes: Arc::clone(&cutover.writes),
             legacy_writes: Arc::clone(&cutover.legacy_writes),
+            traffic: Arc::clone(&cutover.traffic),
             upstream: upstream.clone(),
             legacy: cutover.legacy.clone(),
         };

@@ -80,8 +80,9 @@ pub async fn serve(
     let following = tokio::spawn(Arc::clone(&phases).run(shutdown.clone()));
     let trail = AuditTrail::new(Arc::clone(service.store()), Arc::new(SystemClock));
     let gate = Arc::new(grpc::AdminGate::new(admin_config.credentials, trail));
-    let phases_grpc = grpc::PhasesGrpc::new(phases, Arc::clone(&gate), shutdown.clone());
-    let admin_grpc = grpc::AdminGrpc::new(Arc::clone(&service), gate, shutdown.clone());
+    let phases_grpc =
+        grpc::PhasesGrpc::new(Arc::clone(&phases), Arc::clone(&gate), shutdown.clone());
+    let admin_grpc = grpc::AdminGrpc::new(Arc::clone(&service), phases, gate, shutdown.clone());
     let (identity, admin) = tokio::join!(
         grpc::serve_identity(service, grpc, transport.clone(), probes, shutdown.clone()),
         grpc::serve_admin(admin, phases_grpc, admin_grpc, transport, shutdown.clone()),

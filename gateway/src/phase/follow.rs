@@ -10,6 +10,7 @@
 //! change is applied) tells idsvc the generation this gateway routes by and
 //! its writes in flight, which is what lifts a write fence.
 
+use super::traffic::TrafficCounter;
 use super::{PhaseState, Ramp};
 use crate::legacy::Legacy;
 use crate::upstream::Upstream;
@@ -215,6 +216,8 @@ pub struct Reported {
     pub writes: Arc<AtomicU32>,
     /// Member writes legacy acknowledged, not yet reported.
     pub legacy_writes: Arc<AtomicU64>,
+    /// Member traffic answered, not yet reported.
+    pub traffic: Arc<TrafficCounter>,
     pub upstream: Upstream,
     pub legacy: Option<Legacy>,
 }
@@ -428,6 +431,7 @@ async fn report(
         // (the safe side), never hides one.
         let pending = reported.legacy_writes.swap(0, Ordering::AcqRel);
         let legacy_writes = pending.min(MAX_LEGACY_WRITES_PER_REPORT);
+        let traffic = reported.traffic.take();
         let request = dial.request(pb::PhaseReport {
             gateway_id: dial.gateway_id.clone(),
             generation: state.generation,
@@ -435,16 +439,22 @@ async fn report(
             idsvc,
             legacy_reachable,
             legacy_writes,
+            traffic: traffic.clone(),
         });
         let sent = tokio::time::timeout(REPORT_INTERVAL * 2, dial.client.report_phase(request));
         let taken = match sent.await {
             Ok(Ok(_)) => true,
             Ok(Err(status)) => {
                 tracing::debug!(code = ?status.code(), "phase report refused or lost");
+                // Traffic idsvc refused as such would be refused again.
+                if status.code() != tonic::Code::InvalidArgument {
+                    reported.traffic.restore(&traffic);
+                }
                 false
             }
             Err(_) => {
                 tracing::debug!("phase report timed out");
+                reported.traffic.restore(&traffic);
                 false
             }
         };

@@ -11,6 +11,7 @@
 use super::follow::Follower;
 use super::route::{self, Answer, Decision, Route, Side, TokenOrigin};
 use super::shadow::Shadows;
+use super::traffic::TrafficCounter;
 use crate::api::{Json, TokenBody};
 use crate::clients::Client;
 use crate::legacy::Legacy;
@@ -28,6 +29,7 @@ use idbase_proto::v1 as pb;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::Instrument;
 use zeroize::Zeroizing;
@@ -42,6 +44,8 @@ pub struct Cutover {
     /// Member writes proxied to legacy in phases 1–3 that legacy
     /// acknowledged, not yet reported (double-write parity).
     pub legacy_writes: Arc<AtomicU64>,
+    /// The member traffic answered, by side and route kind, not yet reported.
+    pub traffic: Arc<TrafficCounter>,
     /// Shadow reads of what legacy serves in phases 1–3; `None` when off.
     pub shadows: Option<Arc<Shadows>>,
     /// Stops the follower's tasks once the last copy of the state is gone.
@@ -105,8 +109,16 @@ pub async fn route(State(state): State<AppState>, request: Request, next: Next) 
     let Some(route) = route_of(&request) else {
         return next.run(request).await;
     };
+    let started = Instant::now();
+    let traffic = Arc::clone(&state.cutover.traffic);
+    let answered = |response: Response| {
+        if let Some(routed) = response.extensions().get::<Routed>() {
+            traffic.record(routed.side, route, response.status(), started.elapsed());
+        }
+        response
+    };
     if !route.is_fenced_write() {
-        return gate(state, route, request, next).await;
+        return answered(gate(state, route, request, next).await);
     }
     // A write stays in flight until its upstream call ends, even when the
     // client goes away first (dropping this future): the write fence must not
@@ -119,8 +131,10 @@ pub async fn route(State(state): State<AppState>, request: Request, next: Next) 
         }
         .in_current_span(),
     );
-    task.await
-        .unwrap_or_else(|_| Problem::internal().into_response())
+    answered(
+        task.await
+            .unwrap_or_else(|_| Problem::internal().into_response()),
+    )
 }
 
 /// Routes one member request by the phase this gateway follows.

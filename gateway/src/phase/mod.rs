@@ -10,6 +10,7 @@ pub mod follow;
 pub mod gate;
 pub mod route;
 pub mod shadow;
+pub mod traffic;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;

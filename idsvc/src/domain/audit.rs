@@ -51,6 +51,7 @@ const READ_ONLY_CALLS: &[&str] = &[
     "rpc=CheckPhase ",
     "rpc=WhoAmI ",
     "rpc=TailEvents ",
+    "rpc=FleetTraffic ",
 ];
 
 /// How much an event matters to the SRE watching the tail.

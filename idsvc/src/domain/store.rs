@@ -2,7 +2,8 @@
 //! this trait; the domain never sees SQL.
 
 use super::phase::{
-    GatewayReport, LastValidation, LegacyTraffic, PhaseChange, PhaseState, PhaseSwap,
+    GatewayReport, LastValidation, LegacyTraffic, PhaseChange, PhaseState, PhaseSwap, Tally,
+    TrafficKey,
 };
 use async_trait::async_trait;
 
@@ -267,6 +268,12 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
     ) -> StoreResult<()>;
     async fn security_events(&self, limit: i64) -> StoreResult<Vec<SecurityEvent>>;
+    /// Adds a tally to the fleet's traffic of its slot, side and kind.
+    async fn add_fleet_traffic(&self, key: &TrafficKey, tally: &Tally) -> StoreResult<()>;
+    /// The fleet's traffic from the slot `slot` (Unix seconds) on.
+    async fn fleet_traffic_since(&self, slot: i64) -> StoreResult<Vec<(TrafficKey, Tally)>>;
+    /// Deletes the slots before `before`.
+    async fn purge_fleet_traffic(&self, before: i64) -> StoreResult<u64>;
     /// A page of the audit trail (the event tail reads it forward and back).
     async fn security_events_page(&self, page: EventPage) -> StoreResult<Vec<SecurityEvent>>;
     /// A member's newest `limit` events, newest first.

@@ -5,7 +5,7 @@
 
 use super::admin_gate::{Admin as Caller, AdminGate, AdminRpc, outcome};
 use crate::domain::audit::{EventFilter, Level, level_of};
-use crate::domain::phase::check_reason;
+use crate::domain::phase::{LATENCY_BOUNDS_MS, PhaseService, Series, Tally, check_reason};
 use crate::domain::{IdentityService, MemberKey, MemberRecord, SecurityEvent, UserId};
 use crate::log_tail::{self, LogLine};
 use futures::Stream;
@@ -29,6 +29,7 @@ const MAX_KINDS: usize = 32;
 
 pub struct AdminGrpc {
     identity: Arc<IdentityService>,
+    phases: Arc<PhaseService>,
     gate: Arc<AdminGate>,
     /// Ends the event tails, so a draining server does not wait on them.
     shutdown: CancellationToken,
@@ -37,11 +38,13 @@ pub struct AdminGrpc {
 impl AdminGrpc {
     pub fn new(
         identity: Arc<IdentityService>,
+        phases: Arc<PhaseService>,
         gate: Arc<AdminGate>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             identity,
+            phases,
             gate,
             shutdown,
         }
@@ -192,6 +195,33 @@ fn tail(r: pb::TailEventsRequest) -> Result<Tail, Status> {
     })
 }
 
+const DEFAULT_WINDOW_S: u32 = 600;
+const MAX_WINDOW_S: u32 = 86_400;
+const DEFAULT_STEP_S: u32 = 10;
+const MIN_STEP_S: u32 = 5;
+
+fn point(at: i64, t: &Tally) -> pb::TrafficPoint {
+    pb::TrafficPoint {
+        at,
+        requests: t.requests(),
+        unauthorized: t.unauthorized,
+        not_found: t.not_found,
+        throttled: t.throttled,
+        client_error: t.client_error,
+        server_error: t.server_error,
+        p99_ms: t.p99_ms(),
+        latency_buckets: t.buckets.to_vec(),
+    }
+}
+
+fn series(s: Series) -> pb::TrafficSeries {
+    pb::TrafficSeries {
+        side: s.side.as_str().to_owned(),
+        kind: s.kind.as_str().to_owned(),
+        points: s.points.iter().map(|(at, t)| point(*at, t)).collect(),
+    }
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TailEventsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -312,6 +342,51 @@ impl admin_server::Admin for AdminGrpc {
         .await;
         let about = (r.member_id.max(0), r.reason.trim());
         self.audited_about(&caller, AdminRpc::RevokeSessions, about, result)
+            .await
+    }
+
+    async fn fleet_traffic(
+        &self,
+        request: Request<pb::FleetTrafficRequest>,
+    ) -> Result<Response<pb::FleetTrafficResponse>, Status> {
+        let caller = self
+            .gate
+            .authorize(&request, AdminRpc::FleetTraffic)
+            .await?;
+        let r = request.into_inner();
+        let result = async {
+            let window = match r.window_s {
+                0 => DEFAULT_WINDOW_S,
+                w if w > MAX_WINDOW_S => {
+                    return Err(Status::invalid_argument(format!(
+                        "window_s must be at most {MAX_WINDOW_S}"
+                    )));
+                }
+                w => w,
+            };
+            let step = match r.step_s {
+                0 => DEFAULT_STEP_S,
+                s if s < MIN_STEP_S || s > window => {
+                    return Err(Status::invalid_argument(format!(
+                        "step_s must be from {MIN_STEP_S} to window_s"
+                    )));
+                }
+                s => s,
+            };
+            let found = self
+                .phases
+                .fleet()
+                .series(i64::from(window), i64::from(step))
+                .await?;
+            Ok(pb::FleetTrafficResponse {
+                latency_bounds_ms: LATENCY_BOUNDS_MS.to_vec(),
+                step_s: step,
+                series: found.into_iter().map(series).collect(),
+            })
+        }
+        .await;
+        self.gate
+            .audited(&caller.name, AdminRpc::FleetTraffic, result)
             .await
     }
 

@@ -22,10 +22,11 @@ pub enum AdminRpc {
     RevealUser,
     RevokeSessions,
     TailEvents,
+    FleetTraffic,
 }
 
 impl AdminRpc {
-    pub const ALL: [AdminRpc; 11] = [
+    pub const ALL: [AdminRpc; 12] = [
         AdminRpc::GetPhase,
         AdminRpc::SetPhase,
         AdminRpc::WatchPhase,
@@ -37,6 +38,7 @@ impl AdminRpc {
         AdminRpc::RevealUser,
         AdminRpc::RevokeSessions,
         AdminRpc::TailEvents,
+        AdminRpc::FleetTraffic,
     ];
 
     /// The method's name, as the audit trail records it.
@@ -53,6 +55,7 @@ impl AdminRpc {
             AdminRpc::RevealUser => "RevealUser",
             AdminRpc::RevokeSessions => "RevokeSessions",
             AdminRpc::TailEvents => "TailEvents",
+            AdminRpc::FleetTraffic => "FleetTraffic",
         }
     }
 
@@ -75,7 +78,7 @@ impl AdminRpc {
         use AdminRpc::*;
         let viewer = matches!(
             self,
-            GetPhase | WatchPhase | PhaseHistory | CheckPhase | WhoAmI | TailEvents
+            GetPhase | WatchPhase | PhaseHistory | CheckPhase | WhoAmI | TailEvents | FleetTraffic
         );
         let support = viewer || matches!(self, LookupUser | RevealUser | RevokeSessions);
         match role {

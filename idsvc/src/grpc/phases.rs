@@ -5,7 +5,8 @@
 
 use super::admin_gate::{AdminGate, AdminRpc};
 use crate::domain::phase::{
-    Check, GatewayReport, MoveRequest, PhaseChange, PhaseService, PhaseState,
+    BUCKETS, Check, GatewayReport, MoveRequest, PhaseChange, PhaseService, PhaseState, RouteKind,
+    Tally, TrafficSide,
 };
 use futures::Stream;
 use idbase_proto::v1::{self as pb, phases_server::Phases};
@@ -17,9 +18,9 @@ use tracing::info;
 
 /// The longest gateway id kept (it names a row in `gateway_reports`).
 const MAX_GATEWAY_ID_CHARS: usize = 128;
-/// More than a gateway proxies between two reports (500 ms apart, or a few
-/// minutes' worth held back while idsvc was away); a bound on what one call
-/// can add to the parity counts.
+/// More than a gateway answers (or proxies) between two reports (500 ms
+/// apart, or a few minutes' worth held back while idsvc was away); a bound
+/// on what one call can add to the parity counts and the fleet's traffic.
 const MAX_PROXIED_WRITES_PER_REPORT: u64 = 10_000_000;
 
 pub struct PhasesGrpc {
@@ -84,8 +85,12 @@ fn change(change: PhaseChange) -> pb::PhaseChange {
     }
 }
 
-/// The heartbeat, and the member writes proxied to legacy since the last.
-fn report(report: pb::PhaseReport) -> Result<(GatewayReport, u64), Status> {
+/// A gateway's tally of the member requests it answered.
+type ReportedTraffic = (TrafficSide, RouteKind, Tally);
+
+/// The heartbeat, the member writes proxied to legacy and the traffic
+/// answered since the last.
+fn report(report: pb::PhaseReport) -> Result<(GatewayReport, u64, Vec<ReportedTraffic>), Status> {
     let gateway_id = report.gateway_id.trim();
     if gateway_id.is_empty() || gateway_id.chars().count() > MAX_GATEWAY_ID_CHARS {
         return Err(Status::invalid_argument(format!(
@@ -97,6 +102,7 @@ fn report(report: pb::PhaseReport) -> Result<(GatewayReport, u64), Status> {
             "legacy_writes must be at most {MAX_PROXIED_WRITES_PER_REPORT}"
         )));
     }
+    let traffic = traffic(&report.traffic)?;
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     let heartbeat = GatewayReport {
         gateway_id: gateway_id.to_owned(),
@@ -107,7 +113,54 @@ fn report(report: pb::PhaseReport) -> Result<(GatewayReport, u64), Status> {
         legacy_reachable: report.legacy_reachable,
         reported_at: 0,
     };
-    Ok((heartbeat, report.legacy_writes))
+    Ok((heartbeat, report.legacy_writes, traffic))
+}
+
+/// A report's traffic tallies: known sides and kinds, once each, with
+/// counts no gateway reaches between two reports.
+fn traffic(tallies: &[pb::TrafficTally]) -> Result<Vec<ReportedTraffic>, Status> {
+    let mut parsed: Vec<ReportedTraffic> = Vec::with_capacity(tallies.len());
+    for t in tallies {
+        let (Some(side), Some(kind)) = (TrafficSide::parse(&t.side), RouteKind::parse(&t.kind))
+        else {
+            return Err(Status::invalid_argument(format!(
+                "traffic: unknown side {:?} or kind {:?}",
+                t.side, t.kind
+            )));
+        };
+        if parsed.iter().any(|(s, k, _)| (*s, *k) == (side, kind)) {
+            return Err(Status::invalid_argument(
+                "traffic: one tally per side and kind",
+            ));
+        }
+        if t.latency_buckets.len() > BUCKETS {
+            return Err(Status::invalid_argument(format!(
+                "traffic: at most {BUCKETS} latency buckets"
+            )));
+        }
+        let mut tally = Tally {
+            ok: t.ok,
+            unauthorized: t.unauthorized,
+            not_found: t.not_found,
+            throttled: t.throttled,
+            client_error: t.client_error,
+            server_error: t.server_error,
+            ..Tally::default()
+        };
+        for (bucket, count) in tally.buckets.iter_mut().zip(&t.latency_buckets) {
+            *bucket = *count;
+        }
+        let total = tally
+            .requests()
+            .max(tally.buckets.iter().fold(0, |a, b| a.saturating_add(*b)));
+        if total > MAX_PROXIED_WRITES_PER_REPORT {
+            return Err(Status::invalid_argument(format!(
+                "traffic: at most {MAX_PROXIED_WRITES_PER_REPORT} requests per tally"
+            )));
+        }
+        parsed.push((side, kind, tally));
+    }
+    Ok(parsed)
 }
 
 type PhaseStream = Pin<Box<dyn Stream<Item = Result<pb::PhaseState, Status>> + Send>>;
@@ -252,9 +305,9 @@ impl Phases for PhasesGrpc {
     ) -> Result<Response<pb::Empty>, Status> {
         let who = self.authorize(&request, AdminRpc::ReportPhase).await?;
         let result = match report(request.into_inner()) {
-            Ok((report, proxied)) => self
+            Ok((report, proxied, traffic)) => self
                 .phases
-                .report(report, proxied)
+                .report(report, proxied, &traffic)
                 .await
                 .map_err(Status::from),
             Err(status) => Err(status),

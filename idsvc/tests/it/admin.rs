@@ -4,7 +4,7 @@
 //! event tail (filters on the server, resumable from a cursor).
 
 use crate::harness::{Backend, Harness};
-use crate::phases::{ALICE, EVE, SAM, as_, serve};
+use crate::phases::{ALICE, EVE, GATEWAY_TOKEN, SAM, as_, report, serve};
 use idbase_proto::v1 as pb;
 use idbase_proto::v1::admin_client::AdminClient;
 use idbase_proto::v1::lookup_user_request::Key;
@@ -21,6 +21,7 @@ on_both_backends!(
     each_role_is_told_what_it_may_call,
     support_sees_members_masked_reveals_and_revokes_with_a_reason_and_is_audited,
     the_event_tail_filters_on_the_server_and_resumes_from_its_cursor,
+    the_fleet_traffic_adds_up_what_every_gateway_reports,
 );
 
 async fn client(h: &Harness, shutdown: &CancellationToken) -> AdminClient<Channel> {
@@ -392,5 +393,100 @@ async fn the_event_tail_filters_on_the_server_and_resumes_from_its_cursor(backen
             .unwrap_err();
         assert_eq!(refused.code(), Code::InvalidArgument);
     }
+    shutdown.cancel();
+}
+
+async fn the_fleet_traffic_adds_up_what_every_gateway_reports(backend: Backend) {
+    use idbase_proto::v1::phases_client::PhasesClient;
+    let h = Harness::new(backend).await;
+    let shutdown = CancellationToken::new();
+    let url = serve(&h, None, &shutdown).await;
+    let mut c = client(&h, &shutdown).await;
+    let mut phases = PhasesClient::new(Channel::from_shared(url).unwrap().connect().await.unwrap());
+    let tally = |side: &str, ok, server_error, buckets: Vec<u64>| pb::TrafficTally {
+        side: side.into(),
+        kind: "read".into(),
+        ok,
+        server_error,
+        latency_buckets: buckets,
+        ..Default::default()
+    };
+    // Two gateways: 200 idbase reads, 99% within 10 ms; a few legacy 5xx.
+    for (gateway, idbase_fast, idbase_slow) in [("gw-1", 100, 0), ("gw-2", 98, 2)] {
+        let mut heartbeat = report(gateway, 1, 0);
+        heartbeat.traffic = vec![
+            tally(
+                "idbase",
+                100,
+                0,
+                vec![0, 0, 0, idbase_fast, 0, 0, idbase_slow],
+            ),
+            tally("legacy", 7, 3, vec![0, 0, 0, 0, 10]),
+        ];
+        phases
+            .report_phase(as_(GATEWAY_TOKEN, heartbeat))
+            .await
+            .unwrap();
+    }
+    let mut bad = report("gw-3", 1, 0);
+    bad.traffic = vec![tally("mainframe", 1, 0, vec![])];
+    let refused = phases
+        .report_phase(as_(GATEWAY_TOKEN, bad))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+
+    let request = || pb::FleetTrafficRequest {
+        window_s: 60,
+        step_s: 10,
+    };
+    // Written each second by the replica that received them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let fleet = loop {
+        let fleet = c
+            .fleet_traffic(as_(EVE, request()))
+            .await
+            .unwrap()
+            .into_inner();
+        let requests: u64 = fleet
+            .series
+            .iter()
+            .flat_map(|s| &s.points)
+            .map(|p| p.requests)
+            .sum();
+        if requests == 220 {
+            break fleet;
+        }
+        assert!(std::time::Instant::now() < deadline, "{fleet:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(fleet.step_s, 10);
+    assert_eq!(fleet.latency_bounds_ms[..4], [1, 2, 5, 10]);
+    let total = |side: &str| {
+        let series = fleet.series.iter().find(|s| s.side == side).unwrap();
+        assert_eq!(series.points.len(), 6);
+        let mut requests = 0;
+        let mut errors = 0;
+        let mut p99 = None;
+        for point in &series.points {
+            requests += point.requests;
+            errors += point.server_error;
+            p99 = p99.or(point.p99_ms);
+        }
+        (requests, errors, p99)
+    };
+    assert_eq!(total("idbase"), (200, 0, Some(10)));
+    assert_eq!(total("legacy"), (20, 6, Some(20)));
+    let bad_step = c
+        .fleet_traffic(as_(
+            EVE,
+            pb::FleetTrafficRequest {
+                window_s: 60,
+                step_s: 1,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_step.code(), Code::InvalidArgument);
     shutdown.cancel();
 }

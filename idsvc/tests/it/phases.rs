@@ -22,6 +22,7 @@ use tonic::{Code, Request, Status};
 
 pub(crate) const ALICE: &str = "alice-operator-token";
 pub(crate) const EVE: &str = "eve-viewer-token";
+pub(crate) const GATEWAY_TOKEN: &str = GATEWAY;
 pub(crate) const SAM: &str = "sam-support-token";
 const GATEWAY: &str = "gateway-token";
 const EXPIRED: &str = "old-operator-token";
@@ -241,7 +242,7 @@ fn assert_refused_by(refused: &Status, failing: &str) {
     assert!(refused.message().contains(failing), "{}", refused.message());
 }
 
-fn report(id: &str, generation: u64, writes_in_flight: u32) -> pb::PhaseReport {
+pub(crate) fn report(id: &str, generation: u64, writes_in_flight: u32) -> pb::PhaseReport {
     pb::PhaseReport {
         gateway_id: id.to_owned(),
         generation,
@@ -252,6 +253,7 @@ fn report(id: &str, generation: u64, writes_in_flight: u32) -> pb::PhaseReport {
         }],
         legacy_reachable: Some(true),
         legacy_writes: 0,
+        traffic: vec![],
     }
 }
 
@@ -1000,7 +1002,10 @@ async fn a_replica_keeps_the_heartbeats_it_received_in_bounded_memory(backend: B
             .await
             .unwrap();
     };
-    phases.report(heartbeat("gw-1".into()), 0).await.unwrap();
+    phases
+        .report(heartbeat("gw-1".into()), 0, &[])
+        .await
+        .unwrap();
     // The table lost it (another replica's view, a lagging reader): this
     // replica still knows the gateway it heard from.
     clear_table().await;
@@ -1015,7 +1020,7 @@ async fn a_replica_keeps_the_heartbeats_it_received_in_bounded_memory(backend: B
     // Far more gateways than a fleet: memory holds a bounded number.
     for i in 0..1100 {
         phases
-            .report(heartbeat(format!("gw-{i}")), 0)
+            .report(heartbeat(format!("gw-{i}")), 0, &[])
             .await
             .unwrap();
     }
@@ -1028,7 +1033,10 @@ async fn a_replica_keeps_the_heartbeats_it_received_in_bounded_memory(backend: B
     assert_eq!(phases.live_gateways().await.unwrap().len(), 1024);
     // Once those age out, new gateways take their place.
     h.clock.advance(Duration::from_millis(1600));
-    phases.report(heartbeat("gw-new".into()), 0).await.unwrap();
+    phases
+        .report(heartbeat("gw-new".into()), 0, &[])
+        .await
+        .unwrap();
     clear_table().await;
     let live = phases.live_gateways().await.unwrap();
     assert_eq!(live.len(), 1);

@@ -2,10 +2,14 @@
 //! service that moves it, follows it and lifts the write fence
 //! ([`PhaseService`]).
 
+mod fleet_traffic;
 mod legacy_traffic;
 mod rules;
 mod service;
 
+pub use fleet_traffic::{
+    BUCKETS, FleetTraffic, LATENCY_BOUNDS_MS, RouteKind, Series, Tally, TrafficKey, TrafficSide,
+};
 pub use legacy_traffic::{LEGACY_TRAFFIC_RETENTION_MS, LegacyTraffic, LegacyTrafficCounter};
 pub use rules::{
     MAX_REASON_CHARS, MoveKind, Phase, check_reason, fences_writes, requested_weight, transition,

@@ -6,8 +6,8 @@
 
 use super::rules::{self, MoveKind, Phase};
 use super::{
-    AUTOMATIC, GatewayReport, LEGACY_TRAFFIC_RETENTION_MS, LegacyTraffic, LegacyTrafficCounter,
-    PhaseChange, PhaseState, PhaseSwap,
+    AUTOMATIC, FleetTraffic, GatewayReport, LEGACY_TRAFFIC_RETENTION_MS, LegacyTraffic,
+    LegacyTrafficCounter, PhaseChange, PhaseState, PhaseSwap, RouteKind, Tally, TrafficSide,
 };
 use crate::domain::{Clock, Error, Millis, Result, Store};
 use rand::RngCore;
@@ -164,6 +164,8 @@ pub struct PhaseService {
     read_at: AtomicI64,
     /// The gateways' proxied writes, counted as they report them.
     traffic: LegacyTrafficCounter,
+    /// The member traffic the gateways report, for the fleet view.
+    fleet: FleetTraffic,
 }
 
 impl PhaseService {
@@ -195,6 +197,7 @@ impl PhaseService {
         let read_at = AtomicI64::new(clock.now_ms());
         Ok(Arc::new(Self {
             traffic: LegacyTrafficCounter::new(Arc::clone(&store), Arc::clone(&clock)),
+            fleet: FleetTraffic::new(Arc::clone(&store), Arc::clone(&clock)),
             store,
             read_at,
             clock,
@@ -264,9 +267,20 @@ impl PhaseService {
         let mut poll = tokio::time::interval(self.settings.poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut purge = tokio::time::interval(Duration::from_secs(60));
+        let mut flush = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    if let Err(err) = self.fleet.flush().await {
+                        warn!(cause = %err, "storing the fleet's traffic failed");
+                    }
+                    return;
+                }
+                _ = flush.tick() => {
+                    if let Err(err) = self.fleet.flush().await {
+                        warn!(cause = %err, "storing the fleet's traffic failed");
+                    }
+                }
                 _ = poll.tick() => {
                     if let Err(err) = self.refresh().await {
                         warn!(cause = %err, "reading the phase failed");
@@ -282,9 +296,17 @@ impl PhaseService {
                     if let Err(err) = self.store.purge_legacy_traffic(before).await {
                         warn!(cause = %err, "purging old legacy traffic counts failed");
                     }
+                    if let Err(err) = self.fleet.purge().await {
+                        warn!(cause = %err, "purging old fleet traffic failed");
+                    }
                 }
             }
         }
+    }
+
+    /// The fleet's member traffic, as the gateways report it.
+    pub fn fleet(&self) -> &FleetTraffic {
+        &self.fleet
     }
 
     pub async fn history(&self, limit: u32) -> Result<Vec<PhaseChange>> {
@@ -328,8 +350,16 @@ impl PhaseService {
 
     /// Keeps a gateway's heartbeat and counts the member writes it proxied
     /// to legacy since its last report; may lift the write fence.
-    pub async fn report(&self, mut report: GatewayReport, proxied_writes: u64) -> Result<()> {
+    pub async fn report(
+        &self,
+        mut report: GatewayReport,
+        proxied_writes: u64,
+        traffic: &[(TrafficSide, RouteKind, Tally)],
+    ) -> Result<()> {
         report.reported_at = self.clock.now_ms();
+        for (side, kind, tally) in traffic {
+            self.fleet.add(*side, *kind, tally);
+        }
         self.traffic
             .count(LegacyTraffic::ProxiedWrite, proxied_writes)
             .await?;

@@ -4,7 +4,8 @@
 //! spell differently in `dialect`.
 
 use crate::domain::phase::{
-    GatewayReport, LastValidation, LegacyTraffic, PhaseChange, PhaseState, PhaseSwap,
+    GatewayReport, LastValidation, LegacyTraffic, PhaseChange, PhaseState, PhaseSwap, Tally,
+    TrafficKey,
 };
 use crate::domain::{
     EventPage, ExchangeOutcome, LegacyExchange, Millis, NewRefreshToken, NewUser, Registration,
@@ -69,6 +70,7 @@ macro_rules! transaction {
 
 mod audit;
 mod dialect;
+mod fleet_traffic;
 mod phase;
 mod sessions;
 mod throttle;
@@ -278,6 +280,18 @@ impl Store for SqlStore {
 
     async fn security_events(&self, limit: i64) -> StoreResult<Vec<SecurityEvent>> {
         audit::security_events(self, limit).await
+    }
+
+    async fn add_fleet_traffic(&self, key: &TrafficKey, tally: &Tally) -> StoreResult<()> {
+        fleet_traffic::add_fleet_traffic(self, key, tally).await
+    }
+
+    async fn fleet_traffic_since(&self, slot: i64) -> StoreResult<Vec<(TrafficKey, Tally)>> {
+        fleet_traffic::fleet_traffic_since(self, slot).await
+    }
+
+    async fn purge_fleet_traffic(&self, before: i64) -> StoreResult<u64> {
+        fleet_traffic::purge_fleet_traffic(self, before).await
     }
 
     async fn security_events_page(&self, page: EventPage) -> StoreResult<Vec<SecurityEvent>> {
