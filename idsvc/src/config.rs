@@ -218,8 +218,8 @@ impl AdminConfig {
 /// The Phases service's flags (`idbase idsvc`).
 #[derive(Clone, Debug, clap::Args)]
 pub struct PhaseArgs {
-    /// TOML file of admin tokens (`[[admin]]` name, role viewer|operator|gateway,
-    /// token_sha256, optional expires) for the admin port's Phases service.
+    /// TOML file of admin tokens (`[[admin]]` name, role viewer|support|operator|gateway,
+    /// token_sha256, optional expires) for the admin port's Phases and Admin services.
     #[arg(long, env = "IDBASE_ADMIN_CREDENTIALS")]
     pub admin_credentials: Option<PathBuf>,
     /// Milliseconds between repeats of the phase on a quiet WatchPhase stream.
