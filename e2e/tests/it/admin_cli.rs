@@ -467,6 +467,20 @@ async fn support_looks_a_member_up_reveals_revokes_and_every_call_is_in_the_even
         .unwrap();
     assert_eq!(refresh.status(), 401);
 
+    // dev's gateway reported that traffic: the fleet view has it by side and kind.
+    let fleet = fleet_traffic(&dev).await;
+    let idbase = |kind: &str| -> u64 {
+        fleet
+            .series
+            .iter()
+            .filter(|s| s.side == "idbase" && s.kind == kind)
+            .flat_map(|s| &s.points)
+            .map(|p| p.requests)
+            .sum()
+    };
+    assert!(idbase("write") >= 1 && idbase("read") >= 1, "{fleet:?}");
+    assert!(idbase("token") >= 1, "the refused refresh: {fleet:?}");
+
     // Every call is in the events with who made it and why; a cursor resumes.
     let events = dev.operator(&[
         "events",
@@ -505,5 +519,77 @@ async fn support_looks_a_member_up_reveals_revokes_and_every_call_is_in_the_even
         after.stdout.lines().all(|l| !l.contains("RevokeSessions")),
         "{}",
         after.stdout
+    );
+}
+
+/// dev's fleet traffic once its gateway reported the requests made so far
+/// (reports go every 500 ms; idsvc writes them each second).
+async fn fleet_traffic(dev: &Dev) -> idbase_proto::v1::FleetTrafficResponse {
+    use idbase_proto::v1::FleetTrafficRequest;
+    use idbase_proto::v1::admin_client::AdminClient;
+    let channel = tonic::transport::Channel::from_shared(dev.admin_url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = AdminClient::new(channel);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut request = tonic::Request::new(FleetTrafficRequest::default());
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", dev.operator_token).parse().unwrap(),
+        );
+        let fleet = client.fleet_traffic(request).await.unwrap().into_inner();
+        let kinds = fleet.series.iter().filter(|s| s.side == "idbase").count();
+        if kinds >= 3 || Instant::now() > deadline {
+            return fleet;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn events_follow_prints_what_happens_as_it_happens() {
+    use std::io::{BufRead, BufReader};
+    let dev = Dev::start().await;
+    let mut follow = Process(
+        Command::new(binary())
+            .args([
+                "admin",
+                "--admin-url",
+                &dev.admin_url,
+                "events",
+                "--follow",
+                "--json",
+            ])
+            .args(["--kind", "phase_refused", "--backlog", "1"])
+            .env("IDBASE_ADMIN_TOKEN", &dev.operator_token)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = follow.0.stdout.take().unwrap();
+    // Legacy does not answer in this dev: the move is refused, and says so.
+    let refused = dev.operator(&["phase", "set", "1", "--reason", "double writes on"]);
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    });
+    let line = tokio::time::timeout(Duration::from_secs(10), line)
+        .await
+        .expect("no event within 10 s")
+        .unwrap();
+    let event: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["kind"], "phase_refused", "{event}");
+    assert_eq!(event["level"], "warn");
+    let detail = event["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("who=dev 0 legacy → 1 double-write")
+            && detail.contains("legacy-reachable"),
+        "{detail}"
     );
 }
