@@ -268,23 +268,20 @@ impl admin_server::Admin for AdminGrpc {
             )),
         };
         let result = async {
-            let why = reason(&r.reason)?;
+            reason(&r.reason)?;
             let mut found = self.identity.lookup_members(&key?).await?.into_iter();
             let first = found
                 .next()
                 .ok_or_else(|| Status::not_found("no member matches"))?;
             let mut first = record(first);
             first.others_with_phone = found.map(|other| other.id).collect();
-            Ok::<_, Status>((why.to_owned(), first))
+            Ok(first)
         }
         .await;
         // Audited with the member found (0 when none was), and the reason.
-        let member = result.as_ref().map_or(0, |(_, m)| m.member_id);
-        let why = result
-            .as_ref()
-            .map_or_else(|_| r.reason.trim().to_owned(), |(why, _)| why.clone());
-        let result = result.map(|(_, m)| m);
-        self.audited_about(&caller, AdminRpc::LookupUser, (member, &why), result)
+        let member = result.as_ref().map_or(0, |m| m.member_id);
+        let about = (member, r.reason.trim());
+        self.audited_about(&caller, AdminRpc::LookupUser, about, result)
             .await
     }
 

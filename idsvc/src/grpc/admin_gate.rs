@@ -191,16 +191,11 @@ impl AdminGate {
         outcome: &str,
         about: Option<(i64, &str)>,
     ) {
-        let mut detail = format!("who={who} rpc={} outcome={outcome}", rpc.name());
         // 0: the call named no member, or none was found.
         let member = about.map(|(member, _)| member).filter(|&id| id > 0);
-        if let Some((_, reason)) = about {
-            // The reason last, so the fields before it cannot be forged by it.
-            detail = format!(
-                "who={who} rpc={} outcome={outcome} reason={reason}",
-                rpc.name()
-            );
-        }
+        // The reason last, so the fields before it cannot be forged by it.
+        let reason = about.map_or_else(String::new, |(_, reason)| format!(" reason={reason}"));
+        let detail = format!("who={who} rpc={} outcome={outcome}{reason}", rpc.name());
         if let Err(err) = self.audit.record("admin_call", member, &detail).await {
             warn!(cause = %err, rpc = rpc.name(), "auditing an admin call failed");
         }

@@ -9,6 +9,7 @@ use super::{
     AUTOMATIC, FleetTraffic, GatewayReport, LEGACY_TRAFFIC_RETENTION_MS, LegacyTraffic,
     LegacyTrafficCounter, PhaseChange, PhaseState, PhaseSwap, RouteKind, Tally, TrafficSide,
 };
+use crate::domain::audit::AuditTrail;
 use crate::domain::{Clock, Error, Millis, Result, Store};
 use rand::RngCore;
 use std::collections::HashMap;
@@ -797,12 +798,8 @@ impl PhaseService {
     /// Records a phase event in the audit trail; a failure to record is
     /// logged, never the move's failure (the history holds the move).
     async fn event(&self, kind: &str, detail: &str) {
-        let detail: String = detail.chars().take(1000).collect();
-        if let Err(err) = self
-            .store
-            .record_security_event(kind, None, &detail, self.clock.now_ms())
-            .await
-        {
+        let trail = AuditTrail::new(Arc::clone(&self.store), Arc::clone(&self.clock));
+        if let Err(err) = trail.record(kind, None, detail).await {
             warn!(cause = %err, kind, "recording a phase event failed");
         }
     }
